@@ -1,0 +1,51 @@
+"""The FastAPI application: one process serving the API (and, embedded, ingesting)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from api.auth import TokenVerifier
+from api.errors import install_error_handlers
+from api.routes import documents, query
+from api.runtime import Runtime
+from core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(runtime.start)
+        log.info("tessera ready (queue=%s, data_dir=%s)", settings.queue, settings.data_dir)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(runtime.stop)
+
+    app = FastAPI(
+        title="Tessera",
+        version="0.1.0",
+        summary="A RAG data layer with access control",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.verifier = TokenVerifier(settings)
+    install_error_handlers(app)
+    app.include_router(documents.router)
+    app.include_router(query.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    return app

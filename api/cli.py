@@ -1,0 +1,210 @@
+"""`tessera`: serve, worker, ingest, query, token, demo.
+
+`ingest` and `query` talk to a running server over HTTP (the embedded engines hold their data directory for
+one process), with a token minted from the configured HS256 secret for the user named on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from api.auth import mint_token
+from api.client import ClientError, TesseraClient
+from core.errors import ConfigError, TesseraError
+from core.settings import Settings, get_settings
+
+DEFAULT_TENANT = "default"
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _secret(settings: Settings) -> str:
+    if settings.jwt_secret is None:
+        raise ConfigError("this command mints HS256 tokens: set TESSERA_JWT_SECRET")
+    return settings.jwt_secret.get_secret_value()
+
+
+def _identity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", required=True, help="the subject (sub claim) to act as")
+    parser.add_argument("--groups", type=_csv, default=[], help="comma-separated groups of that user")
+    parser.add_argument("--tenant", default=DEFAULT_TENANT, help=f"tenant (default {DEFAULT_TENANT!r})")
+
+
+def _expand(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ConfigError(f"no such file or directory: {raw}")
+    return files
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn  # imported here: keeps `tessera token` instant
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from api.worker import run_worker  # the model stack, only for this command
+
+    return run_worker(get_settings(), concurrency=args.concurrency, loglevel=args.log_level)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    print(
+        mint_token(
+            _secret(settings),
+            subject=args.user,
+            tenant=args.tenant,
+            groups=args.groups,
+            ttl_seconds=args.ttl,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+    )
+    return 0
+
+
+def _client(args: argparse.Namespace) -> TesseraClient:
+    settings = get_settings()
+    token = mint_token(
+        _secret(settings),
+        subject=args.user,
+        tenant=args.tenant,
+        groups=args.groups,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    return TesseraClient(args.url or settings.server_url, token)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    files = _expand(args.paths)
+    with _client(args) as client:
+        accepted: dict[str, str] = {}
+        refused = 0
+        for path in tqdm(files, desc="upload", unit="file"):
+            try:
+                accepted[client.upload(path, users=args.share_users, groups=args.share_groups)["id"]] = path.name
+            except ClientError as exc:
+                refused += 1
+                tqdm.write(f"refused  {path}: {exc}")
+        if args.no_wait:
+            for document_id, name in accepted.items():
+                print(f"queued   {name}  {document_id}")
+            return 1 if refused else 0
+        failed = 0
+        with tqdm(total=len(accepted), desc="ingest", unit="doc") as bar:
+
+            def report(record: dict[str, object]) -> None:
+                nonlocal failed
+                bar.update(1)
+                if record["status"] == "failed":
+                    failed += 1
+                    tqdm.write(f"failed   {record['file_name']}: {record['failure_reason']}")
+                else:
+                    tqdm.write(f"ready    {record['file_name']}: {record['chunk_count']} chunks  {record['id']}")
+
+            client.wait(list(accepted), on_final=report)
+    print(f"{len(accepted) - failed} ready, {failed} failed, {refused} refused")
+    return 1 if failed or refused else 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        answer = client.query(args.text, top_k=args.top_k, max_context_tokens=args.max_context_tokens)
+    if not answer["results"]:
+        print("no results: nothing this user may read matches")
+    for rank, hit in enumerate(answer["results"], 1):
+        where = ", ".join(
+            part
+            for part in (hit["file_name"], hit["page"] and f"page {hit['page']}", hit["section"] and hit["section"])
+            if part
+        )
+        snippet = " ".join(hit["text"].split())[:160]
+        print(f"{rank:>2}. {hit['score']:.3f}  {where}\n    {snippet}")
+    if args.show_prompt:
+        print(f"\n--- prompt ({answer['prompt_tokens']} tokens) ---\n{answer['prompt']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from api.demo import run_demo  # the whole server stack, only for this command
+
+    return run_demo(Path(args.docs))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tessera", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API (embedded default: with an in-process ingestion worker)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run Celery ingestion workers on Redis (service mode)")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--log-level", default="INFO")
+    worker.set_defaults(func=cmd_worker)
+
+    ingest = sub.add_parser("ingest", help="upload files to a running server and wait for them")
+    ingest.add_argument("paths", nargs="+", help="files or directories")
+    _identity(ingest)
+    ingest.add_argument("--share-users", type=_csv, default=[], help="users who may read (besides you)")
+    ingest.add_argument("--share-groups", type=_csv, default=[], help="groups who may read")
+    ingest.add_argument("--no-wait", action="store_true", help="return once uploaded")
+    ingest.add_argument("--url", default=None, help="server URL (default TESSERA_SERVER_URL)")
+    ingest.set_defaults(func=cmd_ingest)
+
+    query = sub.add_parser("query", help="ask a running server, as a user")
+    query.add_argument("text")
+    _identity(query)
+    query.add_argument("--top-k", type=int, default=None)
+    query.add_argument("--max-context-tokens", type=int, default=None)
+    query.add_argument("--show-prompt", action="store_true")
+    query.add_argument("--url", default=None, help="server URL (default TESSERA_SERVER_URL)")
+    query.set_defaults(func=cmd_query)
+
+    token = sub.add_parser("token", help="mint an HS256 token for the configured secret")
+    _identity(token)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.set_defaults(func=cmd_token)
+
+    demo = sub.add_parser("demo", help="start a server, upload as two users, query as each")
+    demo.add_argument("--docs", default="../shared/docs", help="the documents to upload (default ../shared/docs)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (TesseraError, ClientError) as exc:
+        print(f"tessera: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""/v1/query: ACL-filtered retrieval and a token-budgeted augmented prompt."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import PrincipalDep, RuntimeDep
+from api.schemas import ChunkOut, ErrorOut, QueryIn, QueryOut
+
+router = APIRouter(prefix="/v1", tags=["query"])
+
+
+@router.post(
+    "/query",
+    response_model=QueryOut,
+    responses={401: {"model": ErrorOut}, 400: {"model": ErrorOut}, 503: {"model": ErrorOut}},
+)
+def query(body: QueryIn, principal: PrincipalDep, runtime: RuntimeDep) -> QueryOut:
+    """The chunks the caller may read that best match the query, and a prompt built from them."""
+    settings = runtime.settings
+    top_k = min(body.top_k or settings.default_top_k, settings.max_top_k)
+    budget = body.max_context_tokens or settings.default_max_context_tokens
+    result = runtime.retriever.query(principal, body.query, top_k, budget)
+    return QueryOut(
+        query=body.query,
+        results=[
+            ChunkOut(
+                document_id=hit.document_id,
+                chunk_index=hit.chunk_index,
+                text=hit.text,
+                score=hit.score,
+                file_name=hit.file_name,
+                page=hit.page,
+                section=hit.section,
+                citation=result.prompt.citations.get(position),
+            )
+            for position, hit in enumerate(result.hits)
+        ],
+        prompt=result.prompt.text,
+        prompt_tokens=result.prompt.token_count,
+    )

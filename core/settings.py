@@ -1,0 +1,125 @@
+"""One settings object for the whole process, read from TESSERA_* environment variables.
+
+`os.environ` is read here and nowhere else. A wrong value fails at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+ENV_PREFIX = "TESSERA_"
+_WEAK_SECRETS = {"secret", "changeme", "change-me", "changethis", "password", "tessera"}
+MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    """Everything Tessera can be configured with. Defaults give the embedded single-process mode."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Where the embedded engines keep their data: registry.db, qdrant/, blobs/.
+    data_dir: Path = Path("data")
+
+    # Authentication: HS256 with a shared secret, RS256 with a PEM public key, or both.
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=600)
+
+    # Ingestion queue: "embedded" runs a Celery worker thread in the API process with an in-memory
+    # broker; "redis" sends tasks to separate `tessera worker` processes.
+    queue: Literal["embedded", "redis"] = "embedded"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    worker_concurrency: int = Field(default=1, ge=1, le=64)
+    task_soft_time_limit_s: int = Field(default=600, ge=10)
+    task_max_retries: int = Field(default=3, ge=0, le=20)
+
+    # Vector index: a Qdrant server when qdrant_url is set, else Qdrant's embedded mode under data_dir.
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    collection: str = Field(default="tessera_chunks", pattern=r"^[A-Za-z0-9_\-]{1,128}$")
+
+    # Registry: any SQLAlchemy URL; SQLite under data_dir when unset.
+    registry_url: str | None = None
+
+    # Ingestion.
+    max_upload_mb: int = Field(default=50, ge=1, le=10_000)
+    chunk_tokens: int = Field(default=200, ge=32, le=2048)
+    chunk_overlap_tokens: int = Field(default=20, ge=0, le=512)
+    embed_batch_size: int = Field(default=32, ge=1, le=1024)
+
+    # The running server, for CLI commands that talk to it over HTTP.
+    server_url: str = "http://127.0.0.1:8000"
+
+    # Query.
+    default_top_k: int = Field(default=5, ge=1, le=50)
+    max_top_k: int = Field(default=50, ge=1, le=50)
+    default_max_context_tokens: int = Field(default=2000, ge=64, le=200_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.jwt_secret is None and self.jwt_public_key_file is None:
+            raise ValueError(
+                f"set {ENV_PREFIX}JWT_SECRET (HS256, at least {MIN_SECRET_LENGTH} characters) "
+                f"or {ENV_PREFIX}JWT_PUBLIC_KEY_FILE (RS256): requests cannot be authenticated without one"
+            )
+        if self.jwt_secret is not None:
+            secret = self.jwt_secret.get_secret_value()
+            if len(secret) < MIN_SECRET_LENGTH or secret.lower() in _WEAK_SECRETS:
+                raise ValueError(
+                    f"{ENV_PREFIX}JWT_SECRET is too weak: use at least {MIN_SECRET_LENGTH} random characters"
+                )
+        if self.jwt_public_key_file is not None and not self.jwt_public_key_file.is_file():
+            raise ValueError(f"{ENV_PREFIX}JWT_PUBLIC_KEY_FILE: no such file: {self.jwt_public_key_file}")
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError(f"{ENV_PREFIX}CHUNK_OVERLAP_TOKENS must be smaller than {ENV_PREFIX}CHUNK_TOKENS")
+        if self.default_top_k > self.max_top_k:
+            raise ValueError(f"{ENV_PREFIX}DEFAULT_TOP_K must not exceed {ENV_PREFIX}MAX_TOP_K")
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def registry_database_url(self) -> str:
+        return self.registry_url or f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def broker_url(self) -> str:
+        return "memory://localhost/" if self.queue == "embedded" else self.redis_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment plus explicit overrides; raise ConfigError naming what is wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return load_settings()

@@ -1,0 +1,93 @@
+"""Chunk: elements -> token-bounded chunks that follow the document's structure.
+
+A Title starts a new section; consecutive elements of one section and page form a block; small blocks on
+the same page are packed together up to the chunk size, and a block larger than the chunk size is split at
+sentence boundaries (llama-index's SentenceSplitter) with a small overlap. Sizes are cl100k_base tokens.
+No chunk crosses a page boundary, so every chunk cites one page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import tiktoken
+from llama_index.core.node_parser import SentenceSplitter
+
+from core.records import Chunk, Element
+
+_TITLE = "Title"
+_BLOCK_SEPARATOR = "\n\n"
+
+
+@dataclass
+class _Block:
+    section: str | None
+    page: int | None
+    texts: list[str]
+
+    @property
+    def text(self) -> str:
+        return _BLOCK_SEPARATOR.join(self.texts)
+
+
+class Chunker:
+    def __init__(self, encoding: tiktoken.Encoding, chunk_tokens: int, overlap_tokens: int) -> None:
+        if not 0 <= overlap_tokens < chunk_tokens:
+            raise ValueError("overlap_tokens must be >= 0 and smaller than chunk_tokens")
+        self.chunk_tokens = chunk_tokens
+        self._encoding = encoding
+        self._splitter = SentenceSplitter(
+            chunk_size=chunk_tokens,
+            chunk_overlap=overlap_tokens,
+            tokenizer=encoding.encode,
+            paragraph_separator=_BLOCK_SEPARATOR,
+        )
+
+    def count(self, text: str) -> int:
+        return len(self._encoding.encode(text, disallowed_special=()))
+
+    def chunk(self, elements: Sequence[Element]) -> list[Chunk]:
+        pieces: list[tuple[str, int | None, str | None]] = []
+        for block in self._packed(self._blocks(elements)):
+            text = block.text
+            if self.count(text) <= self.chunk_tokens:
+                pieces.append((text, block.page, block.section))
+            else:
+                pieces.extend((part, block.page, block.section) for part in self._splitter.split_text(text))
+        kept = [piece for piece in pieces if piece[0].strip()]
+        return [
+            Chunk(index=i, text=text, page=page, section=section, token_count=self.count(text))
+            for i, (text, page, section) in enumerate(kept)
+        ]
+
+    @staticmethod
+    def _blocks(elements: Sequence[Element]) -> list[_Block]:
+        blocks: list[_Block] = []
+        section: str | None = None
+        for element in elements:
+            if element.kind == _TITLE:
+                section = element.text[:200]
+                blocks.append(_Block(section=section, page=element.page, texts=[element.text]))
+                continue
+            last = blocks[-1] if blocks else None
+            if last is not None and last.section == section and last.page == element.page:
+                last.texts.append(element.text)
+            else:
+                blocks.append(_Block(section=section, page=element.page, texts=[element.text]))
+        return blocks
+
+    def _packed(self, blocks: list[_Block]) -> list[_Block]:
+        """Merge neighbouring small blocks of one page while they fit in one chunk."""
+        packed: list[_Block] = []
+        for block in blocks:
+            last = packed[-1] if packed else None
+            if (
+                last is not None
+                and last.page == block.page
+                and self.count(last.text + _BLOCK_SEPARATOR + block.text) <= self.chunk_tokens
+            ):
+                last.texts.extend(block.texts)
+            else:
+                packed.append(_Block(section=block.section, page=block.page, texts=list(block.texts)))
+        return packed

@@ -1,0 +1,109 @@
+"""Parse: uploaded bytes -> structural elements, with unstructured (fast strategy for PDFs, no OCR).
+
+Refusals are DocumentRejected with a reason a person can read; the document then ends `failed`.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO
+
+import pypdf
+import spacy
+import unstructured.nlp.tokenize as unstructured_tokenize
+from pypdf.errors import PdfReadError
+from unstructured.documents.elements import Element as UnstructuredElement
+from unstructured.file_utils.filetype import detect_filetype
+from unstructured.file_utils.model import FileType
+from unstructured.partition.auto import partition
+
+from core.assets import spacy_model_dir
+from core.errors import DocumentRejected, UnsupportedType
+from core.records import Element
+
+log = logging.getLogger(__name__)
+
+# What Tessera accepts, by the type detected from the bytes (libmagic) and the file name.
+SUPPORTED_TYPES: dict[FileType, str] = {
+    FileType.PDF: "pdf",
+    FileType.DOCX: "docx",
+    FileType.PPTX: "pptx",
+    FileType.XLSX: "xlsx",
+    FileType.ODT: "odt",
+    FileType.RTF: "rtf",
+    FileType.EPUB: "epub",
+    FileType.HTML: "html",
+    FileType.MD: "md",
+    FileType.TXT: "txt",
+    FileType.CSV: "csv",
+    FileType.TSV: "tsv",
+    FileType.EML: "eml",
+}
+SUPPORTED_NAMES = ", ".join(sorted(SUPPORTED_TYPES.values()))
+_SKIPPED_CATEGORIES = {"PageBreak", "Image"}
+# spaCy components unstructured does not use (it needs sentence boundaries and part-of-speech tags).
+_SPACY_EXCLUDE = ["ner", "lemmatizer", "attribute_ruler"]
+
+
+@lru_cache(maxsize=1)
+def _spacy_pipeline() -> spacy.language.Language:
+    return spacy.load(spacy_model_dir(), exclude=_SPACY_EXCLUDE)
+
+
+# unstructured loads `en_core_web_sm` by package name and downloads it when missing; hand it the
+# verified packaged model instead. This is the only place Tessera reaches into unstructured.
+unstructured_tokenize._get_nlp = _spacy_pipeline
+
+
+def detect_type(source: BinaryIO, file_name: str) -> FileType:
+    """The file's type from its bytes (and its name as a hint); UnsupportedType when Tessera cannot parse it."""
+    position = source.tell()
+    try:
+        file_type = detect_filetype(file=source, metadata_file_path=file_name)
+    finally:
+        source.seek(position)
+    if file_type is FileType.EMPTY:
+        # Accepted by its name, so that it ends `failed` with a reason instead of vanishing at the door.
+        file_type = FileType.from_extension(Path(file_name).suffix.lower()) or FileType.TXT
+    if file_type not in SUPPORTED_TYPES:
+        raise UnsupportedType(f"unsupported file type ({file_type.name.lower()}); supported types: {SUPPORTED_NAMES}")
+    return file_type
+
+
+def _check_pdf_readable(path: Path) -> None:
+    try:
+        reader = pypdf.PdfReader(str(path))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise DocumentRejected("encrypted PDF: no extractable text without the password")
+    except PdfReadError as exc:
+        raise DocumentRejected(f"damaged PDF: {exc}") from exc
+
+
+def parse(path: Path, file_type: FileType, file_name: str) -> list[Element]:
+    """Partition the file into elements with text; DocumentRejected when there is nothing to index."""
+    if file_type is FileType.PDF:
+        _check_pdf_readable(path)
+    try:
+        parts: list[UnstructuredElement] = partition(
+            filename=str(path),
+            content_type=file_type.mime_type,
+            metadata_filename=file_name,
+            strategy="fast",
+            languages=["eng"],
+        )
+    except DocumentRejected:
+        raise
+    except Exception as exc:  # the parser's failures are the document's: same bytes, same error
+        log.info("parser failed on %s: %r", file_name, exc)
+        raise DocumentRejected(f"could not parse the file as {SUPPORTED_TYPES[file_type]}: {exc}") from exc
+    elements = [
+        Element(text=part.text.strip(), kind=part.category, page=part.metadata.page_number)
+        for part in parts
+        if part.category not in _SKIPPED_CATEGORIES and part.text and part.text.strip()
+    ]
+    if not elements:
+        detail = " (a scanned PDF would need OCR, which is not enabled)" if file_type is FileType.PDF else ""
+        raise DocumentRejected(f"no extractable text: the file is empty or holds only whitespace{detail}")
+    return elements

@@ -1,0 +1,90 @@
+"""The Celery app and the ingestion task: a thin wrapper around IngestPipeline.run.
+
+The same task runs in both modes: in the embedded default a worker thread consumes an in-memory broker
+inside the API process; in service mode `tessera worker` processes consume Redis. The pipeline (model,
+index, registry) is built once per worker process by the provider the composition root registers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from core.errors import Unavailable
+from core.settings import Settings
+from ingest.pipeline import IngestPipeline
+
+log = logging.getLogger(__name__)
+
+INGEST_TASK_NAME = "tessera.ingest.document"
+INGEST_QUEUE = "tessera.ingest"
+RETRY_BACKOFF_BASE_S = 2.0
+RETRY_BACKOFF_MAX_S = 60.0
+
+PipelineProvider = Callable[[], IngestPipeline]
+
+
+def create_celery(settings: Settings) -> Celery:
+    """The Celery app for the configured broker (in-memory for embedded, Redis for service mode)."""
+    app = Celery("tessera", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=INGEST_QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # status lives in the registry, not in a result backend
+        # A task is acknowledged only after it finished, and re-delivered if the worker died mid-way;
+        # the pipeline is idempotent, so a second run is harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_soft_time_limit_s + 60,
+        broker_transport_options={"visibility_timeout": settings.task_soft_time_limit_s + 120},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2.0,
+        # Publishing gives up within a few seconds when the broker is down, so uploads answer 503.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        worker_hijack_root_logger=False,
+        worker_concurrency=settings.worker_concurrency,
+    )
+    return app
+
+
+def register_ingest_task(app: Celery, pipeline: PipelineProvider, max_retries: int) -> Task:  # type: ignore[type-arg]
+    """Define the ingestion task on `app`; `pipeline` returns this process's pipeline."""
+
+    @app.task(name=INGEST_TASK_NAME, bind=True, max_retries=max_retries, queue=INGEST_QUEUE)  # type: ignore[untyped-decorator]
+    def ingest_document(self: Task, *, document_id: str) -> dict[str, Any]:  # type: ignore[type-arg]
+        runner = pipeline()
+        try:
+            outcome = runner.run(document_id)
+        except SoftTimeLimitExceeded:
+            runner.fail(document_id, "ingestion took longer than the configured time limit")
+            return {"document_id": document_id, "status": "failed"}
+        except Exception as exc:  # transient (index or registry unavailable, ...): retry with backoff
+            retries = self.request.retries
+            if retries >= max_retries:
+                log.exception("ingest: giving up on %s after %d attempts", document_id, retries + 1)
+                runner.fail(document_id, f"ingestion failed {retries + 1} times; last error: {exc}")
+                return {"document_id": document_id, "status": "failed"}
+            countdown = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S**retries)
+            log.warning(
+                "ingest: %s attempt %d failed (%r); retrying in %.0fs", document_id, retries + 1, exc, countdown
+            )
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        return {"document_id": document_id, "status": outcome.status.value, "chunks": outcome.chunk_count}
+
+    return ingest_document
+
+
+def enqueue(task: Task, document_id: str) -> None:  # type: ignore[type-arg]
+    """Send one document to the ingestion queue; Unavailable when the broker cannot be reached."""
+    try:
+        task.apply_async(kwargs={"document_id": document_id}, queue=INGEST_QUEUE, retry=True)
+    except (KombuOperationalError, OSError) as exc:
+        raise Unavailable(f"the ingestion queue is unavailable: {exc}") from exc

@@ -1,0 +1,46 @@
+"""The one filter builder. It takes the authenticated Principal and nothing else.
+
+Semantics (the rule, written next to the code):
+- must: payload `tenant` == principal.tenant
+- must: payload `acl` contains at least one of principal.acl_tokens()  (user:<sub>, group:<g>...)
+Both clauses are always present; there is no caller-supplied filter to merge, and no way to ask for
+an unfiltered search. A principal that fails validation raises AccessError before any search runs.
+A principal no document admits simply matches nothing: zero results, not an error.
+"""
+
+from __future__ import annotations
+
+from qdrant_client import models
+
+from core.access import Principal
+from core.errors import AccessError
+
+TENANT_FIELD = "tenant"
+ACL_FIELD = "acl"
+DOCUMENT_FIELD = "document_id"
+CHUNK_INDEX_FIELD = "chunk_index"
+
+
+def acl_filter(principal: Principal) -> models.Filter:
+    if not isinstance(principal, Principal):
+        raise AccessError("a search needs an authenticated principal")
+    tokens = principal.acl_tokens()  # validates every identifier again
+    if not tokens:
+        raise AccessError("the principal has no ACL tokens")
+    return models.Filter(
+        must=[
+            models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=principal.tenant)),
+            models.FieldCondition(key=ACL_FIELD, match=models.MatchAny(any=tokens)),
+        ]
+    )
+
+
+def document_filter(tenant: str, document_id: str, from_chunk: int = 0) -> models.Filter:
+    """Select one document's chunks (for maintenance: delete and count), never used for reading."""
+    conditions: list[models.Condition] = [
+        models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant)),
+        models.FieldCondition(key=DOCUMENT_FIELD, match=models.MatchValue(value=document_id)),
+    ]
+    if from_chunk > 0:
+        conditions.append(models.FieldCondition(key=CHUNK_INDEX_FIELD, range=models.Range(gte=from_chunk)))
+    return models.Filter(must=conditions)

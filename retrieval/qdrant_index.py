@@ -1,0 +1,129 @@
+"""The Qdrant adapter of the VectorIndex port: a Qdrant server by URL, or Qdrant's embedded local mode
+under the data directory (one process holds that directory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from core.access import Principal
+from core.errors import Unavailable
+from core.records import ChunkPoint, SearchHit, point_id
+from retrieval.acl_filter import (
+    ACL_FIELD,
+    CHUNK_INDEX_FIELD,
+    DOCUMENT_FIELD,
+    TENANT_FIELD,
+    acl_filter,
+    document_filter,
+)
+
+_UPSERT_BATCH = 256
+
+
+def _payload(point: ChunkPoint) -> dict[str, Any]:
+    chunk = point.chunk
+    return {
+        TENANT_FIELD: point.tenant,
+        DOCUMENT_FIELD: point.document_id,
+        CHUNK_INDEX_FIELD: chunk.index,
+        "text": chunk.text,
+        "source": {"file_name": point.file_name, "page": chunk.page, "section": chunk.section},
+        ACL_FIELD: list(point.acl_tokens),
+    }
+
+
+def _hit(point: models.ScoredPoint) -> SearchHit:
+    payload = point.payload or {}
+    source = payload.get("source") or {}
+    return SearchHit(
+        document_id=str(payload[DOCUMENT_FIELD]),
+        chunk_index=int(payload[CHUNK_INDEX_FIELD]),
+        text=str(payload["text"]),
+        score=float(point.score),
+        file_name=str(source.get("file_name", "")),
+        page=source.get("page"),
+        section=source.get("section"),
+    )
+
+
+class QdrantIndex:
+    """VectorIndex on qdrant-client. Errors reaching the engine surface as Unavailable."""
+
+    def __init__(
+        self, collection: str, *, url: str | None = None, path: Path | None = None, api_key: str | None = None
+    ) -> None:
+        if (url is None) == (path is None):
+            raise ValueError("give exactly one of url (Qdrant server) or path (embedded)")
+        self.collection = collection
+        self.embedded = path is not None
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            self._client = QdrantClient(path=str(path))
+        else:
+            self._client = QdrantClient(url=url, api_key=api_key, timeout=10)
+
+    def ensure_ready(self, dimension: int) -> None:
+        try:
+            if not self._client.collection_exists(self.collection):
+                self._client.create_collection(
+                    self.collection,
+                    vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+                )
+            if not self.embedded:  # local mode has no payload indexes (it scans); a server needs them
+                for field, schema in (
+                    (TENANT_FIELD, models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)),
+                    (ACL_FIELD, models.PayloadSchemaType.KEYWORD),
+                    (DOCUMENT_FIELD, models.PayloadSchemaType.KEYWORD),
+                    (CHUNK_INDEX_FIELD, models.PayloadSchemaType.INTEGER),
+                ):
+                    self._client.create_payload_index(self.collection, field, field_schema=schema)
+        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
+            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+
+    def upsert(self, points: Sequence[ChunkPoint]) -> None:
+        structs = [
+            models.PointStruct(id=point_id(p.document_id, p.chunk.index), vector=list(p.vector), payload=_payload(p))
+            for p in points
+        ]
+        try:
+            for start in range(0, len(structs), _UPSERT_BATCH):
+                self._client.upsert(self.collection, structs[start : start + _UPSERT_BATCH], wait=True)
+        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
+            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+
+    def delete_document(self, tenant: str, document_id: str, from_chunk: int = 0) -> None:
+        selector = models.FilterSelector(filter=document_filter(tenant, document_id, from_chunk))
+        try:
+            self._client.delete(self.collection, points_selector=selector, wait=True)
+        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
+            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+
+    def count_document(self, tenant: str, document_id: str) -> int:
+        try:
+            result = self._client.count(self.collection, count_filter=document_filter(tenant, document_id), exact=True)
+        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
+            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+        return int(result.count)
+
+    def search(self, principal: Principal, vector: Sequence[float], limit: int) -> list[SearchHit]:
+        query_filter = acl_filter(principal)  # raises before the engine is asked anything
+        try:
+            response = self._client.query_points(
+                self.collection,
+                query=list(vector),
+                query_filter=query_filter,
+                limit=limit,
+                with_payload=True,
+            )
+        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
+            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+        return [_hit(point) for point in response.points]
+
+    def close(self) -> None:
+        self._client.close()
