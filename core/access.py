@@ -26,7 +26,7 @@ _IDENTIFIER = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
 
 def check_identifier(value: object, what: str) -> str:
     """Return `value` if it is a usable identifier, else raise AccessError naming `what`."""
-    if not isinstance(value, str) or not _IDENTIFIER.match(value) or not value.strip():
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value) or not value.strip():
         raise AccessError(f"{what} must be a non-empty string of at most 256 printable characters")
     return value
 

@@ -183,6 +183,10 @@ class Registry:
                 row.updated_at = _now()
             return _record(row), row.attempts
 
+    def mark_queued(self, document_id: str) -> None:
+        """Send a document back to `queued` (a retry, or recovery of an interrupted ingestion)."""
+        self._set_status(document_id, DocumentStatus.QUEUED, chunk_count=0, reason=None)
+
     def mark_ready(self, document_id: str, chunk_count: int) -> None:
         self._set_status(document_id, DocumentStatus.READY, chunk_count=chunk_count, reason=None)
 

@@ -17,7 +17,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from core.records import Chunk, Element
 
 _TITLE = "Title"
-_BLOCK_SEPARATOR = "\n\n"
+_BLOCK_SEPARATOR = "\n"  # elements are paragraphs, or lines of hard-wrapped text
 
 
 @dataclass

@@ -43,6 +43,7 @@ SUPPORTED_TYPES: dict[FileType, str] = {
 }
 SUPPORTED_NAMES = ", ".join(sorted(SUPPORTED_TYPES.values()))
 _SKIPPED_CATEGORIES = {"PageBreak", "Image"}
+_TEXT_TYPES = {FileType.TXT, FileType.MD, FileType.CSV, FileType.TSV, FileType.HTML}
 # spaCy components unstructured does not use (it needs sentence boundaries and part-of-speech tags).
 _SPACY_EXCLUDE = ["ner", "lemmatizer", "attribute_ruler"]
 
@@ -81,6 +82,17 @@ def _check_pdf_readable(path: Path) -> None:
         raise DocumentRejected(f"damaged PDF: {exc}") from exc
 
 
+def _text_encoding(path: Path, file_type: FileType) -> str | None:
+    """UTF-8 when a text file decodes as UTF-8: unstructured's guess can read it as Latin-1 (mojibake)."""
+    if file_type not in _TEXT_TYPES:
+        return None
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # let unstructured detect it
+    return "utf-8"
+
+
 def parse(path: Path, file_type: FileType, file_name: str) -> list[Element]:
     """Partition the file into elements with text; DocumentRejected when there is nothing to index."""
     if file_type is FileType.PDF:
@@ -89,6 +101,7 @@ def parse(path: Path, file_type: FileType, file_name: str) -> list[Element]:
         parts: list[UnstructuredElement] = partition(
             filename=str(path),
             content_type=file_type.mime_type,
+            encoding=_text_encoding(path, file_type),
             metadata_filename=file_name,
             strategy="fast",
             languages=["eng"],

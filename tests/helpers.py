@@ -1,0 +1,54 @@
+"""Helpers for tests that drive the real HTTP API in-process (FastAPI's TestClient runs the lifespan)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from api.auth import mint_token
+from core.settings import Settings, load_settings
+from tests.conftest import SECRET
+
+
+def settings_for(data_dir: Path, **overrides: Any) -> Settings:
+    return load_settings(data_dir=data_dir, jwt_secret=SECRET, **overrides)
+
+
+def auth(user: str, tenant: str = "acme", groups: Sequence[str] = ()) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(SECRET, subject=user, tenant=tenant, groups=groups)}"}
+
+
+def upload(
+    client: TestClient,
+    headers: dict[str, str],
+    name: str,
+    content: bytes,
+    *,
+    users: Sequence[str] = (),
+    groups: Sequence[str] = (),
+) -> Any:
+    acl = json.dumps({"users": list(users), "groups": list(groups)})
+    return client.post("/v1/documents", headers=headers, files={"file": (name, content)}, data={"acl": acl})
+
+
+def wait_final(client: TestClient, headers: dict[str, str], document_id: str, timeout_s: float = 120) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = client.get(f"/v1/documents/{document_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        record = response.json()
+        if record["status"] in ("ready", "failed"):
+            return record
+        time.sleep(0.1)
+    raise AssertionError(f"document {document_id} did not finish within {timeout_s}s")
+
+
+def query(client: TestClient, headers: dict[str, str], text: str, top_k: int = 50, **extra: Any) -> Any:
+    response = client.post("/v1/query", headers=headers, json={"query": text, "top_k": top_k, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
