@@ -120,6 +120,9 @@ class EmbeddedWorker:
 
     def start(self) -> None:
         self._app.finalize()
+        # The worker resolves tasks through the current app; this process runs one worker, for this app.
+        self._app.set_current()
+        self._app.set_default()
         self._controller = WorkController(
             app=self._app,
             pool="solo",

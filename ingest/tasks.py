@@ -58,7 +58,8 @@ def create_celery(settings: Settings) -> Celery:
 def register_ingest_task(app: Celery, pipeline: PipelineProvider, max_retries: int) -> Task:  # type: ignore[type-arg]
     """Define the ingestion task on `app`; `pipeline` returns this process's pipeline."""
 
-    @app.task(name=INGEST_TASK_NAME, bind=True, max_retries=max_retries, queue=INGEST_QUEUE)  # type: ignore[untyped-decorator]
+    # shared=False: the task closes over this app's pipeline and must not be copied into other apps.
+    @app.task(name=INGEST_TASK_NAME, bind=True, max_retries=max_retries, queue=INGEST_QUEUE, shared=False)  # type: ignore[untyped-decorator]
     def ingest_document(self: Task, *, document_id: str) -> dict[str, Any]:  # type: ignore[type-arg]
         runner = pipeline()
         try:

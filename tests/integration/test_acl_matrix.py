@@ -1,0 +1,184 @@
+"""The ACL matrix: users across groups and two tenants (one in no group), documents with different ACLs.
+
+Every query's results are checked against the ACL computed here, independently of Tessera's code: no result
+a user may not read (no leak), and every chunk a user may read comes back when top_k covers the corpus
+(no loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from tests.helpers import auth, query, upload, wait_final
+from tests.integration.conftest import Served
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    tenant: str
+    groups: tuple[str, ...] = ()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth(self.name, self.tenant, self.groups)
+
+
+@dataclass(frozen=True)
+class Doc:
+    name: str
+    owner: User
+    text: str
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def readable_by(self, user: User) -> bool:
+        return user.tenant == self.owner.tenant and (
+            user.name == self.owner.name or user.name in self.users or bool(set(user.groups) & set(self.groups))
+        )
+
+
+ALICE = User("alice", "acme", ("eng",))
+BOB = User("bob", "acme", ("sales",))
+CAROL = User("carol", "acme")  # in no group
+ERIN = User("erin", "acme", ("eng", "sales"))
+MALLORY = User("mallory", "acme", ("Eng", "sales ", "eng2"))  # near misses of real group names
+DAVE = User("dave", "globex", ("eng",))  # same group name, other tenant
+FRANK = User("frank", "initech", ("eng",))  # a tenant with no documents
+ALICE_GLOBEX = User("alice", "globex", ("eng",))  # same subject, other tenant
+USERS = (ALICE, BOB, CAROL, ERIN, MALLORY, DAVE, FRANK, ALICE_GLOBEX)
+
+DOCS = (
+    Doc(
+        "eng-roadmap.txt",
+        ALICE,
+        "The engineering roadmap: migrate the payment service to Rust by autumn.",
+        groups=("eng",),
+    ),
+    Doc(
+        "sales-forecast.txt",
+        BOB,
+        "Sales forecast: the northern region expects strong growth in kayak rentals.",
+        groups=("sales",),
+    ),
+    Doc("alice-notes.txt", ALICE, "Private notes: my salary negotiation target is a raise of twelve percent."),
+    Doc(
+        "for-carol.txt",
+        BOB,
+        "A personal message for Carol: the surprise party is on Friday at the lighthouse.",
+        users=("carol",),
+    ),
+    Doc(
+        "globex-secret.txt",
+        DAVE,
+        "Globex engineering secret: the flux capacitor prototype failed its test.",
+        groups=("eng",),
+    ),
+    Doc(
+        "acme-picnic.txt",
+        ERIN,
+        "Company picnic announcement: the picnic moves to the botanical garden.",
+        groups=("eng", "sales"),
+    ),
+)
+QUERIES = (
+    "What is the engineering roadmap?",
+    "sales forecast kayak rentals",
+    "salary negotiation",
+    "surprise party at the lighthouse",
+    "flux capacitor prototype",
+    "company picnic",
+    "Tell me everything.",
+)
+
+
+@pytest.fixture(scope="module")
+def ids(embedded: Served) -> dict[str, str]:
+    result = {}
+    for doc in DOCS:
+        response = upload(
+            embedded.client, doc.owner.headers, doc.name, doc.text.encode(), users=doc.users, groups=doc.groups
+        )
+        assert response.status_code == 202, response.text
+        result[doc.name] = response.json()["id"]
+    for doc in DOCS:
+        assert wait_final(embedded.client, doc.owner.headers, result[doc.name])["status"] == "ready"
+    return result
+
+
+@pytest.mark.parametrize("user", USERS, ids=lambda u: f"{u.name}@{u.tenant}")
+def test_every_result_is_readable_and_nothing_readable_is_lost(
+    embedded: Served, ids: dict[str, str], user: User
+) -> None:
+    allowed = {ids[d.name] for d in DOCS if d.readable_by(user)}
+    for text in QUERIES:
+        results = query(embedded.client, user.headers, text, top_k=50)["results"]
+        returned = {r["document_id"] for r in results}
+        assert returned <= allowed, f"LEAK to {user}: {returned - allowed} for {text!r}"
+        assert returned == allowed, f"{user} lost {allowed - returned} for {text!r}"
+
+
+@pytest.mark.parametrize("user", USERS, ids=lambda u: f"{u.name}@{u.tenant}")
+def test_each_user_finds_what_it_may_read_first(embedded: Served, ids: dict[str, str], user: User) -> None:
+    for doc in DOCS:
+        if doc.readable_by(user):
+            top = query(embedded.client, user.headers, doc.text, top_k=1)["results"]
+            assert [r["document_id"] for r in top] == [ids[doc.name]]
+
+
+@pytest.mark.parametrize("user", USERS, ids=lambda u: f"{u.name}@{u.tenant}")
+def test_document_status_is_404_unless_readable(embedded: Served, ids: dict[str, str], user: User) -> None:
+    for doc in DOCS:
+        response = embedded.client.get(f"/v1/documents/{ids[doc.name]}", headers=user.headers)
+        assert response.status_code == (200 if doc.readable_by(user) else 404), (user, doc.name)
+
+
+def test_matrix_is_not_trivial() -> None:
+    readable = {u: sum(d.readable_by(u) for d in DOCS) for u in USERS}
+    assert readable[FRANK] == 0 and readable[MALLORY] == 0 and readable[ALICE_GLOBEX] == 1
+    assert readable[CAROL] == 1 and readable[ERIN] == 3 and readable[ALICE] == 3
+
+
+def test_a_user_no_document_admits_gets_zero_results_not_an_error(embedded: Served, ids: dict[str, str]) -> None:
+    answer = query(embedded.client, FRANK.headers, "engineering roadmap")
+    assert answer["results"] == [] and "no context blocks" in answer["prompt"]
+
+
+def test_the_prompt_holds_only_readable_text_and_no_acl_fields(embedded: Served, ids: dict[str, str]) -> None:
+    prompt = query(embedded.client, BOB.headers, "Tell me everything.", top_k=50)["prompt"]
+    for doc in DOCS:
+        assert (doc.text in prompt) is doc.readable_by(BOB)
+    assert "group:" not in prompt and "user:" not in prompt and "tenant" not in prompt
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+        {"Authorization": "Bearer not.a.token"},
+        {"Authorization": auth("alice", "acme", ["eng"])["Authorization"] + "x"},  # bad signature
+    ],
+)
+def test_unauthenticated_requests_get_401_and_no_data(
+    embedded: Served, ids: dict[str, str], headers: dict[str, str]
+) -> None:
+    response = embedded.client.post("/v1/query", headers=headers, json={"query": "engineering roadmap"})
+    assert response.status_code == 401 and "results" not in response.json()
+    assert embedded.client.get(f"/v1/documents/{ids['eng-roadmap.txt']}", headers=headers).status_code == 401
+
+
+def test_payload_carries_tenant_document_chunk_text_source_and_acl(embedded: Served, ids: dict[str, str]) -> None:
+    client = embedded.runtime.index._client  # type: ignore[attr-defined]
+    points, _ = client.scroll(embedded.runtime.settings.collection, limit=100, with_payload=True)
+    by_document = {p.payload["document_id"]: p.payload for p in points}
+    payload = by_document[ids["for-carol.txt"]]
+    assert payload["tenant"] == "acme" and payload["chunk_index"] == 0
+    assert payload["acl"] == ["user:bob", "user:carol"]
+    assert payload["source"] == {"file_name": "for-carol.txt", "page": None, "section": None}
+    assert payload["text"] == DOCS[3].text
