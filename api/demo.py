@@ -5,16 +5,12 @@ documents with different ACLs; each asks the same question and sees only what th
 from __future__ import annotations
 
 import secrets
-import socket
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
-
-from api.app import create_app
+from api.background import serving
 from api.client import TesseraClient
 from core.settings import load_settings
 
@@ -39,13 +35,6 @@ UPLOADS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def run_demo(docs: Path) -> int:
     missing = [name for _, name, _ in UPLOADS if not (docs / name).is_file()]
     if missing:
@@ -54,58 +43,47 @@ def run_demo(docs: Path) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="tessera-demo-"))
     secret = secrets.token_urlsafe(48)
     settings = load_settings(data_dir=data_dir, jwt_secret=secret)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="tessera-server", daemon=True)
     started = time.perf_counter()
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            print("demo: the server did not start")
-            return 1
-        time.sleep(0.05)
-    base_url = f"http://127.0.0.1:{port}"
-    print(f"Tessera is serving {base_url} (embedded: data in {data_dir}), up in {time.perf_counter() - started:.1f}s\n")
+    with serving(settings) as base_url:
+        up_s = time.perf_counter() - started
+        print(f"Tessera is serving {base_url} (embedded: data in {data_dir}), up in {up_s:.1f}s\n")
+        return _scenario(base_url, secret, docs)
 
+
+def _scenario(base_url: str, secret: str, docs: Path) -> int:
     def client(user: DemoUser) -> TesseraClient:
         return TesseraClient.for_user(base_url, secret, user=user.name, tenant=TENANT, groups=user.groups)
 
-    try:
-        visible: dict[str, set[str]] = {user.name: set() for user in (ALICE, BOB, CAROL)}
-        for uploader, name, groups in UPLOADS:
-            with client(uploader) as http:
-                document = http.upload(docs / name, groups=groups)
-                record = http.wait([document["id"]])[document["id"]]
-            print(
-                f"{uploader.name:>5} uploaded {name:<22} shared with {', '.join(groups):<16} -> {record['status']}, "
-                f"{record['chunk_count']} chunks"
-            )
-            for user in (ALICE, BOB, CAROL):
-                if user == uploader or set(user.groups) & set(groups):
-                    visible[user.name].add(name)
-
-        print(f'\nEach user asks: "{QUESTION}"')
-        leaks = 0
-        for user in (ALICE, BOB, CAROL):
-            with client(user) as http:
-                answer = http.query(QUESTION, top_k=4, max_context_tokens=800)
-            membership = ", ".join(user.groups) or "no groups"
-            print(f"\n{user.name} ({membership}) may read: {', '.join(sorted(visible[user.name])) or 'nothing'}")
-            if not answer["results"]:
-                print("   no results")
-            for rank, hit in enumerate(answer["results"], 1):
-                allowed = hit["file_name"] in visible[user.name]
-                leaks += not allowed
-                snippet = " ".join(hit["text"].split())[:90]
-                print(
-                    f"   {rank}. {hit['score']:.3f} {hit['file_name']:<22} {snippet}{'' if allowed else '  <-- LEAK'}"
-                )
-            print(f"   prompt: {answer['prompt_tokens']} tokens (budget 800)")
+    visible: dict[str, set[str]] = {user.name: set() for user in (ALICE, BOB, CAROL)}
+    for uploader, name, groups in UPLOADS:
+        with client(uploader) as http:
+            document = http.upload(docs / name, groups=groups)
+            record = http.wait([document["id"]])[document["id"]]
         print(
-            f"\n{'no result outside its reader ACL' if not leaks else f'{leaks} LEAKED RESULTS'}: "
-            f"the same question, three users, three different answers."
+            f"{uploader.name:>5} uploaded {name:<22} shared with {', '.join(groups):<16} -> {record['status']}, "
+            f"{record['chunk_count']} chunks"
         )
-        return 1 if leaks else 0
-    finally:
-        server.should_exit = True
-        thread.join(30)
+        for user in (ALICE, BOB, CAROL):
+            if user == uploader or set(user.groups) & set(groups):
+                visible[user.name].add(name)
+
+    print(f'\nEach user asks: "{QUESTION}"')
+    leaks = 0
+    for user in (ALICE, BOB, CAROL):
+        with client(user) as http:
+            answer = http.query(QUESTION, top_k=4, max_context_tokens=800)
+        membership = ", ".join(user.groups) or "no groups"
+        print(f"\n{user.name} ({membership}) may read: {', '.join(sorted(visible[user.name])) or 'nothing'}")
+        if not answer["results"]:
+            print("   no results")
+        for rank, hit in enumerate(answer["results"], 1):
+            allowed = hit["file_name"] in visible[user.name]
+            leaks += not allowed
+            snippet = " ".join(hit["text"].split())[:90]
+            print(f"   {rank}. {hit['score']:.3f} {hit['file_name']:<22} {snippet}{'' if allowed else '  <-- LEAK'}")
+        print(f"   prompt: {answer['prompt_tokens']} tokens (budget 800)")
+    print(
+        f"\n{'no result outside its reader ACL' if not leaks else f'{leaks} LEAKED RESULTS'}: "
+        f"the same question, three users, three different answers."
+    )
+    return 1 if leaks else 0

@@ -4,9 +4,12 @@ under the data directory (one process holds that directory).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -24,6 +27,7 @@ from retrieval.acl_filter import (
 )
 
 _UPSERT_BATCH = 256
+T = TypeVar("T")
 
 
 def _payload(point: ChunkPoint) -> dict[str, Any]:
@@ -62,68 +66,68 @@ class QdrantIndex:
             raise ValueError("give exactly one of url (Qdrant server) or path (embedded)")
         self.collection = collection
         self.embedded = path is not None
+        # qdrant-client's local mode is plain Python state with no locking, shared here by the API's
+        # threads and the ingestion thread: serialise calls to it. A server needs no such lock.
+        self._lock: AbstractContextManager[Any] = threading.RLock() if self.embedded else nullcontext()
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
             self._client = QdrantClient(path=str(path))
         else:
             self._client = QdrantClient(url=url, api_key=api_key, timeout=10)
 
-    def ensure_ready(self, dimension: int) -> None:
+    def _call(self, operation: Callable[[], T]) -> T:
         try:
+            with self._lock:
+                return operation()
+        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
+            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+
+    def ensure_ready(self, dimension: int) -> None:
+        def create() -> None:
             if not self._client.collection_exists(self.collection):
                 self._client.create_collection(
                     self.collection,
                     vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
                 )
-            if not self.embedded:  # local mode has no payload indexes (it scans); a server needs them
-                for field, schema in (
-                    (TENANT_FIELD, models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)),
-                    (ACL_FIELD, models.PayloadSchemaType.KEYWORD),
-                    (DOCUMENT_FIELD, models.PayloadSchemaType.KEYWORD),
-                    (CHUNK_INDEX_FIELD, models.PayloadSchemaType.INTEGER),
-                ):
-                    self._client.create_payload_index(self.collection, field, field_schema=schema)
-        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
-            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+            if self.embedded:  # local mode has no payload indexes (it scans); a server needs them
+                return
+            tenant_index = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
+            for field, schema in (
+                (TENANT_FIELD, tenant_index),
+                (ACL_FIELD, models.PayloadSchemaType.KEYWORD),
+                (DOCUMENT_FIELD, models.PayloadSchemaType.KEYWORD),
+                (CHUNK_INDEX_FIELD, models.PayloadSchemaType.INTEGER),
+            ):
+                self._client.create_payload_index(self.collection, field, field_schema=schema)
+
+        self._call(create)
 
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         structs = [
             models.PointStruct(id=point_id(p.document_id, p.chunk.index), vector=list(p.vector), payload=_payload(p))
             for p in points
         ]
-        try:
-            for start in range(0, len(structs), _UPSERT_BATCH):
-                self._client.upsert(self.collection, structs[start : start + _UPSERT_BATCH], wait=True)
-        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
-            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+        for start in range(0, len(structs), _UPSERT_BATCH):
+            self._call(partial(self._client.upsert, self.collection, structs[start : start + _UPSERT_BATCH], wait=True))
 
     def delete_document(self, tenant: str, document_id: str, from_chunk: int = 0) -> None:
         selector = models.FilterSelector(filter=document_filter(tenant, document_id, from_chunk))
-        try:
-            self._client.delete(self.collection, points_selector=selector, wait=True)
-        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
-            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+        self._call(lambda: self._client.delete(self.collection, points_selector=selector, wait=True))
 
     def count_document(self, tenant: str, document_id: str) -> int:
-        try:
-            result = self._client.count(self.collection, count_filter=document_filter(tenant, document_id), exact=True)
-        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
-            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+        selection = document_filter(tenant, document_id)
+        result = self._call(lambda: self._client.count(self.collection, count_filter=selection, exact=True))
         return int(result.count)
 
     def search(self, principal: Principal, vector: Sequence[float], limit: int) -> list[SearchHit]:
         query_filter = acl_filter(principal)  # raises before the engine is asked anything
-        try:
-            response = self._client.query_points(
-                self.collection,
-                query=list(vector),
-                query_filter=query_filter,
-                limit=limit,
-                with_payload=True,
+        response = self._call(
+            lambda: self._client.query_points(
+                self.collection, query=list(vector), query_filter=query_filter, limit=limit, with_payload=True
             )
-        except (ResponseHandlingException, UnexpectedResponse, OSError) as exc:
-            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+        )
         return [_hit(point) for point in response.points]
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            self._client.close()

@@ -13,14 +13,11 @@ import platform
 import secrets
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import uvicorn
-
-from api.app import create_app
-from api.client import TesseraClient
+from api.background import serving
+from api.client import ClientError, TesseraClient
 from core.settings import load_settings
 
 QUESTIONS = (
@@ -51,38 +48,11 @@ def main() -> None:
 
     secret = secrets.token_urlsafe(48)
     settings = load_settings(data_dir=Path(tempfile.mkdtemp(prefix="tessera-measure-")), jwt_secret=secret)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
     started = time.perf_counter()
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    startup_s = time.perf_counter() - started
-    port = server.servers[0].sockets[0].getsockname()[1]
-    client = TesseraClient.for_user(f"http://127.0.0.1:{port}", secret, user="alice", tenant="acme", groups=["eng"])
-
-    began = time.perf_counter()
-    ids = []
-    for path in docs:
-        try:
-            ids.append(client.upload(path, groups=["eng"])["id"])
-        except Exception as exc:  # refused at the door (415, ...): counted, not timed
-            print(f"refused {path.name}: {exc}")
-    final = client.wait(ids)
-    ingest_s = time.perf_counter() - began
-    ready = [r for r in final.values() if r["status"] == "ready"]
-    chunks = sum(int(r["chunk_count"]) for r in ready)
-    source_mb = sum(p.stat().st_size for p in docs) / 1e6
-
-    client.query("warm up")
-    latencies = []
-    for i in range(args.queries):
-        t0 = time.perf_counter()
-        client.query(QUESTIONS[i % len(QUESTIONS)], top_k=5)
-        latencies.append((time.perf_counter() - t0) * 1000)
-    server.should_exit = True
-    thread.join(30)
-
+    with serving(settings) as base_url:
+        startup_s = time.perf_counter() - started
+        client = TesseraClient.for_user(base_url, secret, user="alice", tenant="acme", groups=["eng"])
+        result = _measure(client, docs, args.queries)
     result = {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
         "settings": {
@@ -92,20 +62,42 @@ def main() -> None:
             "index": "qdrant-client local mode",
         },
         "startup_s": round(startup_s, 2),
+        **result,
+    }
+    for key, value in result.items():
+        print(f"{key:>14}: {value}")
+    print(json.dumps(result))
+
+
+def _measure(client: TesseraClient, docs: list[Path], queries: int) -> dict[str, object]:
+    began = time.perf_counter()
+    ids = []
+    for path in docs:
+        try:
+            ids.append(client.upload(path, groups=["eng"])["id"])
+        except ClientError as exc:  # refused at the door (415, ...): counted, not timed
+            print(f"refused {path.name}: {exc}")
+    final = client.wait(ids)
+    ingest_s = time.perf_counter() - began
+    ready = [r for r in final.values() if r["status"] == "ready"]
+    client.query("warm up")
+    latencies = []
+    for i in range(queries):
+        t0 = time.perf_counter()
+        client.query(QUESTIONS[i % len(QUESTIONS)], top_k=5)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return {
         "documents": len(docs),
         "ready": len(ready),
         "failed": len(final) - len(ready),
-        "chunks": chunks,
-        "source_mb": round(source_mb, 3),
+        "chunks": sum(int(r["chunk_count"]) for r in ready),
+        "source_mb": round(sum(p.stat().st_size for p in docs) / 1e6, 3),
         "ingest_s": round(ingest_s, 2),
         "query_n": len(latencies),
         "query_p50_ms": round(statistics.median(latencies), 1),
         "query_p95_ms": round(_percentile(latencies, 95), 1),
         "query_max_ms": round(max(latencies), 1),
     }
-    for key, value in result.items():
-        print(f"{key:>14}: {value}")
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":
