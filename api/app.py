@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api.auth import TokenVerifier
+from api.auth import Authenticator
 from api.errors import install_error_handlers
-from api.routes import documents, query
+from api.routes import acl, apikeys, audit, documents, query
 from api.runtime import Runtime
 from core.settings import Settings, get_settings
 
@@ -38,10 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
-    app.state.verifier = TokenVerifier(settings)
+    app.state.authenticator = Authenticator(settings, runtime.api_keys)
     install_error_handlers(app)
-    app.include_router(documents.router)
-    app.include_router(query.router)
+    for router in (documents.router, acl.router, query.router, apikeys.router, audit.router):
+        app.include_router(router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -1,8 +1,11 @@
-"""Authentication: a Bearer JWT (HS256 with the configured secret, RS256 with the configured public key)
-becomes a Principal. Every failure is an AuthError (401) and yields no principal at all.
+"""Authentication: a Bearer credential becomes a Principal. Every failure is an AuthError (401) and yields
+no principal at all.
 
-Required claims: sub, tenant, groups (a list of strings, possibly empty), exp. Only the algorithms whose
-key is configured are accepted, so a token cannot choose its own verification ("none", HS/RS confusion).
+- A JWT (HS256 with the configured secret, RS256 with the configured public key). Required claims: sub,
+  tenant, groups (a list of strings, possibly empty), exp; optional `roles`, where `tessera_admin` makes
+  the caller the admin of its tenant. Only the algorithms whose key is configured are accepted, so a token
+  cannot choose its own verification ("none", HS/RS confusion).
+- An API key (`tsk_...`, core/apikeys.py), looked up on every request.
 """
 
 from __future__ import annotations
@@ -14,11 +17,26 @@ from typing import Any
 import jwt
 
 from core.access import Principal
+from core.apikeys import KEY_PREFIX, ApiKeys
 from core.errors import AccessError, AuthError
 from core.settings import Settings
 
 HS256 = "HS256"
 RS256 = "RS256"
+ADMIN_ROLE = "tessera_admin"
+
+
+class Authenticator:
+    """Accepts a JWT or an API key."""
+
+    def __init__(self, settings: Settings, api_keys: ApiKeys) -> None:
+        self._tokens = TokenVerifier(settings)
+        self._api_keys = api_keys
+
+    def authenticate(self, credential: str) -> Principal:
+        if credential.startswith(KEY_PREFIX):
+            return self._api_keys.authenticate(credential)
+        return self._tokens.verify(credential)
 
 
 class TokenVerifier:
@@ -65,8 +83,11 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     groups = claims["groups"]
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise AuthError("the 'groups' claim must be a list of strings")
+    roles = claims.get("roles", [])
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        raise AuthError("the 'roles' claim must be a list of strings")
     try:
-        return Principal.of(tenant=claims["tenant"], subject=claims["sub"], groups=groups)
+        return Principal.of(tenant=claims["tenant"], subject=claims["sub"], groups=groups, is_admin=ADMIN_ROLE in roles)
     except AccessError as exc:
         raise AuthError(f"token claims are malformed: {exc}") from exc
 
@@ -77,6 +98,7 @@ def mint_token(
     subject: str,
     tenant: str,
     groups: Sequence[str],
+    admin: bool = False,
     ttl_seconds: int = 3600,
     audience: str | None = None,
     issuer: str | None = None,
@@ -91,6 +113,8 @@ def mint_token(
         "iat": now,
         "exp": now + ttl_seconds,
     }
+    if admin:
+        claims["roles"] = [ADMIN_ROLE]
     if audience:
         claims["aud"] = audience
     if issuer:

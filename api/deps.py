@@ -1,18 +1,22 @@
-"""FastAPI dependencies: the process runtime and the authenticated principal."""
+"""FastAPI dependencies: the process runtime, the authenticated principal, and the permission checks."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import TokenVerifier
+from api.auth import Authenticator
 from api.runtime import Runtime
 from core.access import Principal
-from core.errors import AuthError
+from core.audit import AuditAction
+from core.errors import AuthError, Forbidden, NotFound
+from core.records import DocumentRecord, DocumentStatus
 
-_bearer = HTTPBearer(auto_error=False, description="a JWT with the claims sub, tenant, groups and exp")
+_bearer = HTTPBearer(auto_error=False, description="a JWT (claims sub, tenant, groups, exp) or an API key")
+_DOCUMENT_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -26,9 +30,47 @@ def get_principal(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise AuthError("missing bearer token")
-    verifier: TokenVerifier = request.app.state.verifier
-    return verifier.verify(credentials.credentials)
+    authenticator: Authenticator = request.app.state.authenticator
+    return authenticator.authenticate(credentials.credentials)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_admin(principal: PrincipalDep, runtime: RuntimeDep) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("this needs the tessera_admin role")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]
+
+
+def managed_document(runtime: Runtime, principal: Principal, document_id: str, action: AuditAction) -> DocumentRecord:
+    """The document if the principal may change it (its owner, or an admin of its tenant).
+
+    404 when the principal may not even know it exists; 403 (and an audit record) when it may read it but
+    not change it.
+    """
+    missing = NotFound(f"document {document_id} not found")
+    if not _DOCUMENT_ID.match(document_id):
+        raise missing
+    try:
+        record = runtime.registry.get(document_id)
+    except NotFound:
+        raise missing from None
+    if record.status is DocumentStatus.DELETED or record.tenant != principal.tenant:
+        raise missing
+    if principal.may_manage(record.tenant, record.owner):
+        return record
+    if not principal.may_read(record.tenant, record.acl_tokens):
+        raise missing
+    runtime.audit.by(principal, action, "denied", target=document_id)
+    raise Forbidden("only the document's owner or a tenant admin may do this")
+
+
+def visible_document(runtime: Runtime, principal: Principal, document_id: str) -> DocumentRecord:
+    if not _DOCUMENT_ID.match(document_id):
+        raise NotFound(f"document {document_id} not found")
+    return runtime.registry.get_visible(principal, document_id)

@@ -7,7 +7,16 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from core.errors import AccessError, AuthError, InputError, NotFound, TesseraError, Unavailable
+from core.errors import (
+    AccessError,
+    AuthError,
+    Conflict,
+    Forbidden,
+    InputError,
+    NotFound,
+    TesseraError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +30,10 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
         return _response(401, str(exc), {"WWW-Authenticate": "Bearer"})
     if isinstance(exc, NotFound):
         return _response(404, str(exc))
+    if isinstance(exc, Forbidden):
+        return _response(403, str(exc))
+    if isinstance(exc, Conflict):
+        return _response(409, str(exc))
     if isinstance(exc, InputError):
         return _response(exc.status_code, str(exc))
     if isinstance(exc, AccessError):

@@ -16,11 +16,15 @@ from celery import Celery, Task
 from celery.worker import WorkController
 from celery.worker import state as worker_state
 
+from core.apikeys import ApiKeys
 from core.assets import load_encoding
+from core.audit import AuditLog
 from core.blobs import BlobStore
+from core.db import Database
 from core.embedding import Embedder
 from core.index import VectorIndex
 from core.registry import Registry
+from core.schema import create_schema
 from core.settings import Settings
 from ingest.chunk import Chunker
 from ingest.pipeline import IngestPipeline
@@ -39,13 +43,25 @@ class Runtime:
         self.settings = settings
         self.celery: Celery = create_celery(settings)
         self.ingest_task: Task = register_ingest_task(  # type: ignore[type-arg]
-            self.celery, lambda: self.pipeline, settings.task_max_retries
+            self.celery, lambda: self.pipeline, settings.task_max_attempts
         )
         self._worker: EmbeddedWorker | None = None
 
     @cached_property
+    def database(self) -> Database:
+        return Database(self.settings.registry_database_url)
+
+    @cached_property
     def registry(self) -> Registry:
-        return Registry(self.settings.registry_database_url)
+        return Registry(self.database)
+
+    @cached_property
+    def api_keys(self) -> ApiKeys:
+        return ApiKeys(self.database)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.database)
 
     @cached_property
     def blobs(self) -> BlobStore:
@@ -67,7 +83,12 @@ class Runtime:
     def pipeline(self) -> IngestPipeline:
         chunker = Chunker(self.encoding, self.settings.chunk_tokens, self.settings.chunk_overlap_tokens)
         return IngestPipeline(
-            registry=self.registry, blobs=self.blobs, index=self.index, embedder=self.embedder, chunker=chunker
+            registry=self.registry,
+            blobs=self.blobs,
+            index=self.index,
+            embedder=self.embedder,
+            chunker=chunker,
+            audit=self.audit,
         )
 
     @cached_property
@@ -77,7 +98,7 @@ class Runtime:
     def prepare_storage(self) -> None:
         """Create the data directory, the registry schema and the collection; load the model."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.registry.create_schema()
+        create_schema(self.database)
         self.index.ensure_ready(self.embedder.dimension)
 
     def start(self) -> None:
@@ -106,8 +127,8 @@ class Runtime:
             self._worker = None
         if "index" in self.__dict__:
             self.index.close()
-        if "registry" in self.__dict__:
-            self.registry.close()
+        if "database" in self.__dict__:
+            self.database.close()
 
 
 class EmbeddedWorker:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from api.runtime import Runtime
 from core.errors import ConfigError
+from core.schema import create_schema
 from core.settings import Settings
 from ingest.tasks import INGEST_QUEUE
 
@@ -21,7 +22,7 @@ def run_worker(settings: Settings, *, concurrency: int | None, loglevel: str) ->
             "TESSERA_DATA_DIR is held by the API process"
         )
     runtime = Runtime(settings)
-    runtime.registry.create_schema()
+    create_schema(runtime.database)
     runtime.celery.worker_main(
         [
             "worker",

@@ -46,20 +46,25 @@ class Principal:
     tenant: str
     subject: str
     groups: frozenset[str]
+    # Tenant admin: manages any document's ACL and deletes any document in its own tenant. Reading is
+    # unchanged: an admin's queries follow the ACL like everyone else's.
+    is_admin: bool = False
 
     def __post_init__(self) -> None:
         check_identifier(self.tenant, "tenant")
         check_identifier(self.subject, "subject")
         if not isinstance(self.groups, frozenset):
             raise AccessError("groups must be a set of strings")
+        if not isinstance(self.is_admin, bool):
+            raise AccessError("is_admin must be a boolean")
         if len(self.groups) > MAX_GROUPS:
             raise AccessError(f"a principal may hold at most {MAX_GROUPS} groups")
         for group in self.groups:
             check_identifier(group, "group")
 
     @classmethod
-    def of(cls, tenant: str, subject: str, groups: Iterable[str] = ()) -> Principal:
-        return cls(tenant=tenant, subject=subject, groups=frozenset(groups))
+    def of(cls, tenant: str, subject: str, groups: Iterable[str] = (), *, is_admin: bool = False) -> Principal:
+        return cls(tenant=tenant, subject=subject, groups=frozenset(groups), is_admin=is_admin)
 
     def acl_tokens(self) -> list[str]:
         """Every token that admits this principal: its user token and one per group."""
@@ -68,6 +73,10 @@ class Principal:
     def may_read(self, tenant: str, document_tokens: Sequence[str]) -> bool:
         """The registry-side twin of the index filter: same tenant and a shared ACL token."""
         return tenant == self.tenant and not set(self.acl_tokens()).isdisjoint(document_tokens)
+
+    def may_manage(self, tenant: str, owner: str) -> bool:
+        """Change a document's ACL, replace or delete it: its owner, or an admin of its tenant."""
+        return tenant == self.tenant and (self.subject == owner or self.is_admin)
 
 
 @dataclass(frozen=True)

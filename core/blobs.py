@@ -1,7 +1,7 @@
-"""Uploaded files, kept under the data directory until their ingestion ends, so a restarted worker
-(or a worker in another process sharing the directory) can parse them.
+"""Uploaded files, one per document version, kept under the data directory so a restarted worker (or a
+worker in another process sharing the directory) can parse them, and a failed version can be retried.
 
-File names from callers never become paths: a blob is stored under its document id only.
+File names from callers never become paths: a blob is stored under its document id and version only.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -31,15 +30,15 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def path_for(self, document_id: str) -> Path:
-        if not _DOCUMENT_ID.match(document_id):
-            raise ValueError(f"not a document id: {document_id!r}")
-        return self.root / document_id
+    def path_for(self, document_id: str, version: int) -> Path:
+        if not _DOCUMENT_ID.match(document_id) or version < 1:
+            raise ValueError(f"not a document version: {document_id!r} v{version}")
+        return self.root / f"{document_id}.v{version}"
 
-    def save(self, document_id: str, source: BinaryIO, max_bytes: int) -> StoredBlob:
+    def save(self, document_id: str, version: int, source: BinaryIO, max_bytes: int) -> StoredBlob:
         """Copy `source` into the store while hashing it; TooLarge (and nothing kept) past max_bytes."""
         self.root.mkdir(parents=True, exist_ok=True)
-        final = self.path_for(document_id)
+        final = self.path_for(document_id, version)
         partial = final.with_name(final.name + ".part")
         digest = hashlib.sha256()
         size = 0
@@ -58,11 +57,10 @@ class BlobStore:
             partial.unlink(missing_ok=True)
         return StoredBlob(path=final, sha256=digest.hexdigest(), size_bytes=size)
 
-    def open(self, document_id: str) -> BinaryIO:
-        return self.path_for(document_id).open("rb")
-
-    def delete(self, document_id: str) -> None:
-        self.path_for(document_id).unlink(missing_ok=True)
-
-    def copy_to(self, document_id: str, target: Path) -> None:
-        shutil.copyfile(self.path_for(document_id), target)
+    def delete(self, document_id: str, version: int | None = None, *, older_than: int | None = None) -> None:
+        """Remove one version's file, the versions below `older_than`, or (neither given) all of them."""
+        self.path_for(document_id, 1)  # validates the id
+        for path in self.root.glob(f"{document_id}.v*"):
+            stored = int(path.name.rsplit(".v", 1)[1].removesuffix(".part"))
+            if (version is None and older_than is None) or stored == version or (older_than and stored < older_than):
+                path.unlink(missing_ok=True)

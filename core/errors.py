@@ -40,6 +40,14 @@ class NotFound(TesseraError):
     """The resource does not exist, or the caller may not see it (existence is not leaked)."""
 
 
+class Forbidden(TesseraError):
+    """The caller may see the resource but not do this to it."""
+
+
+class Conflict(TesseraError):
+    """The change does not fit the resource's current state."""
+
+
 class InputError(TesseraError):
     """A request Tessera refuses with a 4xx answer."""
 

@@ -2,6 +2,10 @@
 
 Searching takes the authenticated Principal, never an optional filter: an adapter must build its filter
 from the principal with the one filter builder and apply it inside the engine's search.
+
+Versions: chunks are written not live; `publish` makes one version live and then removes the older ones,
+so a query sees the old chunks or the new ones and never none. While both are briefly live, `search`
+keeps only the newest version of each document it returns, so a query never sees both either.
 """
 
 from __future__ import annotations
@@ -18,16 +22,33 @@ class VectorIndex(Protocol):
         """Create the collection and its payload indexes if they do not exist."""
 
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
-        """Write chunks; ids are deterministic, so writing the same chunk twice keeps one copy."""
+        """Write chunks, not yet live; ids are deterministic, so writing a chunk twice keeps one copy."""
 
-    def delete_document(self, tenant: str, document_id: str, from_chunk: int = 0) -> None:
-        """Remove a document's chunks whose index is >= from_chunk (0: all of them)."""
+    def publish(self, tenant: str, document_id: str, version: int) -> None:
+        """Make `version` of the document live, then remove every older version's chunks."""
 
-    def count_document(self, tenant: str, document_id: str) -> int:
-        """How many chunks of the document the index holds."""
+    def set_acl(self, tenant: str, document_id: str, acl_tokens: Sequence[str]) -> None:
+        """Replace the ACL on every chunk of the document (all versions) without re-embedding."""
+
+    def delete_document(self, tenant: str, document_id: str) -> None:
+        """Remove every chunk of the document."""
+
+    def delete_version(self, tenant: str, document_id: str, version: int, from_chunk: int = 0) -> None:
+        """Remove one version's chunks whose index is >= from_chunk (0: all of them)."""
+
+    def count_document(self, tenant: str, document_id: str, version: int | None = None) -> int:
+        """How many chunks of the document (of one version, if given) the index holds."""
 
     def search(self, principal: Principal, vector: Sequence[float], limit: int) -> list[SearchHit]:
-        """The `limit` nearest chunks among those the principal may read, best first."""
+        """The `limit` nearest live chunks among those the principal may read, best first."""
 
     def close(self) -> None:
         """Release the engine (embedded engines hold their directory until closed)."""
+
+
+def newest_versions_only(hits: Sequence[SearchHit]) -> list[SearchHit]:
+    """Drop hits of a document's older version when its newer version is also among the hits."""
+    newest: dict[str, int] = {}
+    for hit in hits:
+        newest[hit.document_id] = max(hit.version, newest.get(hit.document_id, hit.version))
+    return [hit for hit in hits if hit.version == newest[hit.document_id]]

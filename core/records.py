@@ -11,9 +11,10 @@ from datetime import datetime
 _POINT_NAMESPACE = uuid.UUID("8f0c6a52-3b0e-4f4e-9d55-1a7d1e4e7c31")
 
 
-def point_id(document_id: str, chunk_index: int) -> str:
-    """Deterministic Qdrant point id of a chunk, so a retried task overwrites instead of duplicating."""
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{document_id}:{chunk_index}"))
+def point_id(document_id: str, version: int, chunk_index: int) -> str:
+    """Deterministic Qdrant point id of a chunk, so a retried task overwrites instead of duplicating.
+    Each content version has its own ids: a replacement is written beside the live chunks, not over them."""
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{document_id}:{version}:{chunk_index}"))
 
 
 class DocumentStatus(enum.StrEnum):
@@ -21,10 +22,18 @@ class DocumentStatus(enum.StrEnum):
     PROCESSING = "processing"
     READY = "ready"
     FAILED = "failed"
+    DELETED = "deleted"
 
     @property
     def is_final(self) -> bool:
-        return self in (DocumentStatus.READY, DocumentStatus.FAILED)
+        return self in (DocumentStatus.READY, DocumentStatus.FAILED, DocumentStatus.DELETED)
+
+
+class IngestStage(enum.StrEnum):
+    PARSING = "parsing"
+    CHUNKING = "chunking"
+    EMBEDDING = "embedding"
+    INDEXING = "indexing"
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class ChunkPoint:
 
     tenant: str
     document_id: str
+    version: int
     file_name: str
     acl_tokens: tuple[str, ...]
     chunk: Chunk
@@ -64,6 +74,7 @@ class SearchHit:
     """A chunk returned by an ACL-filtered search."""
 
     document_id: str
+    version: int
     chunk_index: int
     text: str
     score: float
@@ -84,8 +95,14 @@ class DocumentRecord:
     sha256: str
     size_bytes: int
     status: DocumentStatus
+    stage: IngestStage | None
+    progress_done: int
+    progress_total: int
     chunk_count: int
     failure_reason: str | None
     acl_tokens: tuple[str, ...]
+    version: int
+    live_version: int | None
+    attempts: int
     created_at: datetime
     updated_at: datetime

@@ -1,36 +1,34 @@
-"""The document registry: the system of record for every upload (SQLAlchemy; SQLite in the embedded default).
+"""The document registry: the system of record for every upload.
 
-Status moves queued -> processing -> ready | failed. The registry also keeps each document's ACL tokens,
-so `GET /v1/documents/{id}` applies the same rule as the index filter (core.access.Principal.may_read).
+Status: queued -> processing -> ready | failed, and deleted (terminal; a delete wins over an ingestion in
+flight). `version` counts content versions; `live_version` is the one whose chunks queries see, so a
+replacement keeps serving the old chunks until the new ones are in. The ACL is kept as the same tokens
+the index stores (core.access), in a table of its own so that listing can filter on it in SQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any
+import base64
+import json
+from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import ForeignKey, Integer, String, Text, and_, exists, or_, select
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy.types import DateTime
 
 from core.access import Principal
-from core.errors import NotFound, Unavailable
-from core.records import DocumentRecord, DocumentStatus
+from core.db import Base, Database, as_utc, utcnow
+from core.errors import InputError, NotFound
+from core.records import DocumentRecord, DocumentStatus, IngestStage
 
 MAX_REASON_CHARS = 2000
 
 
-class _Base(DeclarativeBase):
-    pass
-
-
-class DocumentRow(_Base):
+class DocumentRow(Base):
     __tablename__ = "documents"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(256), index=True)
     owner: Mapped[str] = mapped_column(String(256))
     file_name: Mapped[str] = mapped_column(String(1024))
@@ -38,16 +36,28 @@ class DocumentRow(_Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), index=True)
+    stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    acl_tokens: Mapped[list[str]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    live_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    acl: Mapped[list[AclRow]] = relationship(
+        back_populates="document", cascade="all, delete-orphan", lazy="selectin", order_by="AclRow.position"
+    )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+class AclRow(Base):
+    __tablename__ = "document_acl"
+
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
+    token: Mapped[str] = mapped_column(String(300), primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    document: Mapped[DocumentRow] = relationship(back_populates="acl")
 
 
 def _record(row: DocumentRow) -> DocumentRecord:
@@ -60,55 +70,48 @@ def _record(row: DocumentRow) -> DocumentRecord:
         sha256=row.sha256,
         size_bytes=row.size_bytes,
         status=DocumentStatus(row.status),
+        stage=IngestStage(row.stage) if row.stage else None,
+        progress_done=row.progress_done,
+        progress_total=row.progress_total,
         chunk_count=row.chunk_count,
         failure_reason=row.failure_reason,
-        acl_tokens=tuple(row.acl_tokens),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        acl_tokens=tuple(entry.token for entry in row.acl),
+        version=row.version,
+        live_version=row.live_version,
+        attempts=row.attempts,
+        created_at=as_utc(row.created_at),
+        updated_at=as_utc(row.updated_at),
     )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the worker's writes
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+def _set_acl(row: DocumentRow, tokens: Sequence[str]) -> None:
+    row.acl = [AclRow(token=token, position=i) for i, token in enumerate(dict.fromkeys(tokens))]
+
+
+def encode_cursor(record: DocumentRecord) -> str:
+    raw = json.dumps([record.created_at.isoformat(), record.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, document_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return as_utc(datetime.fromisoformat(created)), str(document_id)
+    except (ValueError, TypeError) as exc:
+        raise InputError("invalid cursor") from exc
 
 
 class Registry:
     """Documents and their status. Safe to share between threads; each call is one transaction."""
 
-    def __init__(self, url: str) -> None:
-        connect_args: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            connect_args = {"check_same_thread": False, "timeout": 10}
-        self._engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-        if url.startswith("sqlite"):
-            event.listen(self._engine, "connect", _sqlite_pragmas)
-        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+    def __init__(self, database: Database) -> None:
+        self._db = database
 
-    def create_schema(self) -> None:
-        with self._guard():
-            _Base.metadata.create_all(self._engine)
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-    def ping(self) -> None:
-        with self._session() as session:
-            session.execute(select(1))
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except OperationalError as exc:
-            raise Unavailable(f"the document registry is unavailable: {exc.orig}") from exc
-
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        with self._guard(), self._sessions.begin() as session:
-            yield session
+    def _row(self, session: Session, document_id: str) -> DocumentRow:
+        row = session.get(DocumentRow, document_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"document {document_id} not found")
+        return row
 
     def add(
         self,
@@ -122,7 +125,7 @@ class Registry:
         size_bytes: int,
         acl_tokens: Sequence[str],
     ) -> DocumentRecord:
-        now = _now()
+        now = utcnow()
         row = DocumentRow(
             id=document_id,
             tenant=tenant,
@@ -132,34 +135,76 @@ class Registry:
             sha256=sha256,
             size_bytes=size_bytes,
             status=DocumentStatus.QUEUED.value,
+            stage=None,
+            progress_done=0,
+            progress_total=0,
             chunk_count=0,
             failure_reason=None,
             attempts=0,
-            acl_tokens=list(acl_tokens),
+            version=1,
+            live_version=None,
             created_at=now,
             updated_at=now,
         )
-        with self._session() as session:
+        _set_acl(row, acl_tokens)
+        with self._db.session() as session:
             session.add(row)
             session.flush()
             return _record(row)
 
     def get(self, document_id: str) -> DocumentRecord:
-        with self._session() as session:
-            row = session.get(DocumentRow, document_id)
-            if row is None:
-                raise NotFound(f"document {document_id} not found")
-            return _record(row)
+        with self._db.session() as session:
+            return _record(self._row(session, document_id))
 
     def get_visible(self, principal: Principal, document_id: str) -> DocumentRecord:
         """The document if the principal may read it; NotFound otherwise (existence is not leaked)."""
         try:
             record = self.get(document_id)
         except NotFound:
-            raise NotFound(f"document {document_id} not found") from None
+            record = None
+        if record is None or record.status is DocumentStatus.DELETED:
+            raise NotFound(f"document {document_id} not found")
         if not principal.may_read(record.tenant, record.acl_tokens):
             raise NotFound(f"document {document_id} not found")
         return record
+
+    def list_visible(
+        self, principal: Principal, *, status: DocumentStatus | None, limit: int, cursor: str | None
+    ) -> tuple[list[DocumentRecord], str | None]:
+        """Documents the principal may read, newest first; returns a page and the cursor of the next one."""
+        readable = exists().where(AclRow.document_id == DocumentRow.id, AclRow.token.in_(principal.acl_tokens()))
+        statement = select(DocumentRow).where(
+            DocumentRow.tenant == principal.tenant, DocumentRow.status != DocumentStatus.DELETED.value, readable
+        )
+        if status is not None:
+            statement = statement.where(DocumentRow.status == status.value)
+        if cursor:
+            created, document_id = _decode_cursor(cursor)
+            statement = statement.where(
+                or_(
+                    DocumentRow.created_at < created,
+                    and_(DocumentRow.created_at == created, DocumentRow.id < document_id),
+                )
+            )
+        statement = statement.order_by(DocumentRow.created_at.desc(), DocumentRow.id.desc()).limit(limit + 1)
+        with self._db.session() as session:
+            records = [_record(row) for row in session.scalars(statement)]
+        page = records[:limit]
+        return page, (encode_cursor(page[-1]) if len(records) > limit else None)
+
+    def find_same_content(self, tenant: str, sha256: str) -> list[DocumentRecord]:
+        """Documents of the tenant holding these exact bytes (not deleted), oldest first."""
+        statement = (
+            select(DocumentRow)
+            .where(
+                DocumentRow.tenant == tenant,
+                DocumentRow.sha256 == sha256,
+                DocumentRow.status != DocumentStatus.DELETED.value,
+            )
+            .order_by(DocumentRow.created_at)
+        )
+        with self._db.session() as session:
+            return [_record(row) for row in session.scalars(statement)]
 
     def unfinished(self) -> list[str]:
         """Ids of documents still queued or processing, oldest first (re-queued after a restart)."""
@@ -168,37 +213,93 @@ class Registry:
             .where(DocumentRow.status.in_([DocumentStatus.QUEUED.value, DocumentStatus.PROCESSING.value]))
             .order_by(DocumentRow.created_at)
         )
-        with self._session() as session:
+        with self._db.session() as session:
             return list(session.scalars(statement))
 
     def start_attempt(self, document_id: str) -> tuple[DocumentRecord, int]:
-        """Mark the document processing and count the attempt; returns the record and the attempt number."""
-        with self._session() as session:
-            row = session.get(DocumentRow, document_id, with_for_update=True)
-            if row is None:
-                raise NotFound(f"document {document_id} not found")
+        """Mark the document processing and count the attempt; a final or deleted document is left as is."""
+        with self._db.session() as session:
+            row = self._row(session, document_id)
+            if DocumentStatus(row.status).is_final:
+                return _record(row), row.attempts
             row.attempts += 1
-            if not DocumentStatus(row.status).is_final:
-                row.status = DocumentStatus.PROCESSING.value
-                row.updated_at = _now()
+            row.status = DocumentStatus.PROCESSING.value
+            row.stage = None
+            row.progress_done = row.progress_total = 0
+            row.updated_at = utcnow()
             return _record(row), row.attempts
 
-    def mark_queued(self, document_id: str) -> None:
-        """Send a document back to `queued` (a retry, or recovery of an interrupted ingestion)."""
-        self._set_status(document_id, DocumentStatus.QUEUED, chunk_count=0, reason=None)
+    def set_stage(self, document_id: str, stage: IngestStage, done: int = 0, total: int = 0) -> None:
+        with self._db.session() as session:
+            row = self._row(session, document_id)
+            if row.status == DocumentStatus.PROCESSING.value:
+                row.stage, row.progress_done, row.progress_total = stage.value, done, total
+                row.updated_at = utcnow()
 
-    def mark_ready(self, document_id: str, chunk_count: int) -> None:
-        self._set_status(document_id, DocumentStatus.READY, chunk_count=chunk_count, reason=None)
+    def mark_ready(self, document_id: str, version: int, chunk_count: int) -> bool:
+        """Make `version` live; False (and nothing changed) when the document was deleted or replaced."""
+        with self._db.session() as session:
+            row = self._row(session, document_id)
+            if row.status != DocumentStatus.PROCESSING.value or row.version != version:
+                return False
+            row.status = DocumentStatus.READY.value
+            row.live_version = version
+            row.chunk_count = chunk_count
+            row.stage = None
+            row.failure_reason = None
+            row.updated_at = utcnow()
+            return True
 
     def mark_failed(self, document_id: str, reason: str) -> None:
-        self._set_status(document_id, DocumentStatus.FAILED, chunk_count=0, reason=reason[:MAX_REASON_CHARS])
+        with self._db.session() as session:
+            row = self._row(session, document_id)
+            if row.status == DocumentStatus.DELETED.value:
+                return
+            row.status = DocumentStatus.FAILED.value
+            row.failure_reason = reason[:MAX_REASON_CHARS]
+            row.updated_at = utcnow()
 
-    def _set_status(self, document_id: str, status: DocumentStatus, *, chunk_count: int, reason: str | None) -> None:
-        with self._session() as session:
-            row = session.get(DocumentRow, document_id, with_for_update=True)
-            if row is None:
+    def mark_queued(self, document_id: str) -> DocumentRecord:
+        """Back to `queued` for another attempt (POST .../retry, or recovery); attempts start again."""
+        with self._db.session() as session:
+            row = self._row(session, document_id)
+            if row.status == DocumentStatus.DELETED.value:
                 raise NotFound(f"document {document_id} not found")
-            row.status = status.value
-            row.chunk_count = chunk_count
-            row.failure_reason = reason
-            row.updated_at = _now()
+            row.status = DocumentStatus.QUEUED.value
+            row.attempts = 0
+            row.stage = None
+            row.failure_reason = None
+            row.updated_at = utcnow()
+            return _record(row)
+
+    def new_version(self, document_id: str, *, sha256: str, size_bytes: int, file_type: str) -> DocumentRecord:
+        """Register replaced content: the version counter moves on; the live version keeps serving."""
+        with self._db.session() as session:
+            row = self._row(session, document_id)
+            if row.status == DocumentStatus.DELETED.value:
+                raise NotFound(f"document {document_id} not found")
+            row.version += 1
+            row.sha256, row.size_bytes, row.file_type = sha256, size_bytes, file_type
+            row.status = DocumentStatus.QUEUED.value
+            row.attempts = 0
+            row.stage = None
+            row.failure_reason = None
+            row.updated_at = utcnow()
+            return _record(row)
+
+    def set_acl(self, document_id: str, tokens: Sequence[str]) -> DocumentRecord:
+        with self._db.session() as session:
+            row = self._row(session, document_id)
+            _set_acl(row, tokens)
+            row.updated_at = utcnow()
+            session.flush()
+            return _record(row)
+
+    def mark_deleted(self, document_id: str) -> None:
+        with self._db.session() as session:
+            row = self._row(session, document_id)
+            row.status = DocumentStatus.DELETED.value
+            row.live_version = None
+            row.chunk_count = 0
+            row.stage = None
+            row.updated_at = utcnow()

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     worker_concurrency: int = Field(default=1, ge=1, le=64)
     task_soft_time_limit_s: int = Field(default=600, ge=10)
-    task_max_retries: int = Field(default=3, ge=0, le=20)
+    task_max_attempts: int = Field(default=3, ge=1, le=20)
+    # How long Redis keeps a task unacknowledged before handing it to another worker (a worker that died).
+    queue_visibility_timeout_s: int = Field(default=3600, ge=1)
 
     # Vector index: a Qdrant server when qdrant_url is set, else Qdrant's embedded mode under data_dir.
     qdrant_url: str | None = None

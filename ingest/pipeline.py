@@ -1,26 +1,39 @@
-"""The ingestion pipeline: a plain loop over the stages parse -> chunk -> embed -> index for one document.
+"""The ingestion pipeline: a plain loop over the stages parse -> chunk -> embed -> index for one document
+version. The Celery task (ingest/tasks.py) is a thin wrapper around `IngestPipeline.run`.
 
-The Celery task (ingest/tasks.py) is a thin wrapper around `IngestPipeline.run`.
+Order of writes, and why:
+1. chunks are upserted not live (nobody sees a half-written version);
+2. the registry is read again: a delete or a newer version that arrived meanwhile wins, and this version's
+   chunks are removed; an ACL changed meanwhile is applied to them;
+3. `publish` makes the version live and then removes the older versions' chunks;
+4. the registry marks the version ready, unless the document was deleted meanwhile, in which case its
+   chunks are removed again (a DELETE also removes them after marking the document deleted, so whichever
+   runs last leaves nothing behind).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unstructured.file_utils.model import FileType
 
+from core.audit import AuditAction, AuditLog
 from core.blobs import BlobStore
 from core.embedding import Embedder
 from core.errors import DocumentRejected, NotFound
 from core.index import VectorIndex
-from core.records import ChunkPoint, DocumentRecord, DocumentStatus
+from core.records import ChunkPoint, DocumentRecord, DocumentStatus, IngestStage
 from core.registry import Registry
 from ingest.chunk import Chunker
 from ingest.parse import parse
 
 log = logging.getLogger(__name__)
+
+WORKER_SUBJECT = "tessera:ingest"
+EMBED_PROGRESS_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,10 @@ class IngestOutcome:
     reason: str | None = None
 
 
+class Superseded(Exception):
+    """The document was deleted or given a newer version while this one was being ingested."""
+
+
 class IngestPipeline:
     def __init__(
         self,
@@ -41,16 +58,18 @@ class IngestPipeline:
         index: VectorIndex,
         embedder: Embedder,
         chunker: Chunker,
+        audit: AuditLog,
     ) -> None:
         self.registry = registry
         self.blobs = blobs
         self.index = index
         self.embedder = embedder
         self.chunker = chunker
+        self.audit = audit
 
     def run(self, document_id: str) -> IngestOutcome:
-        """Ingest one document. Idempotent: a document already final is left alone, and chunk ids are
-        deterministic, so a retry after a crash overwrites what the first attempt wrote.
+        """Ingest the document's current version. Idempotent: a final document is left alone, and chunk ids
+        are deterministic, so a retry after a crash overwrites what the earlier attempt wrote.
 
         DocumentRejected ends the document `failed`; any other error propagates for the task to retry.
         """
@@ -62,36 +81,68 @@ class IngestPipeline:
             return IngestOutcome(document_id, DocumentStatus.FAILED, 0, 0.0, "not in the registry")
         if record.status.is_final:
             return IngestOutcome(document_id, record.status, record.chunk_count, 0.0, record.failure_reason)
-        log.info("ingest: %s (%s) attempt %d", document_id, record.file_name, attempt)
+        log.info("ingest: %s v%d (%s) attempt %d", document_id, record.version, record.file_name, attempt)
         try:
-            count = self._index_document(record)
+            count = self._ingest(record)
         except DocumentRejected as exc:
             reason = str(exc)
-            self.index.delete_document(record.tenant, record.id)
+            self.index.delete_version(record.tenant, record.id, record.version)
             self.registry.mark_failed(record.id, reason)
-            log.info("ingest: %s failed: %s", document_id, reason)
+            self._audit(record, "failed", {"reason": reason})
             return IngestOutcome(document_id, DocumentStatus.FAILED, 0, time.perf_counter() - started, reason)
-        self.registry.mark_ready(record.id, count)
+        except Superseded:
+            self.index.delete_version(record.tenant, record.id, record.version)
+            current = self.registry.get(record.id)
+            return IngestOutcome(document_id, current.status, 0, time.perf_counter() - started, "superseded")
+        except Exception:
+            if self.registry.get(record.id).status is DocumentStatus.DELETED:  # e.g. its file went with it
+                self.index.delete_document(record.tenant, record.id)
+                return IngestOutcome(document_id, DocumentStatus.DELETED, 0, time.perf_counter() - started)
+            raise
         seconds = time.perf_counter() - started
-        log.info("ingest: %s ready with %d chunks in %.2fs", document_id, count, seconds)
+        self._audit(record, "ready", {"chunks": count, "version": record.version, "seconds": round(seconds, 3)})
+        log.info("ingest: %s v%d ready with %d chunks in %.2fs", document_id, record.version, count, seconds)
         return IngestOutcome(document_id, DocumentStatus.READY, count, seconds)
 
     def fail(self, document_id: str, reason: str) -> None:
-        """Give up on a document after its retries are spent."""
+        """Give up on a document after its attempts are spent."""
         self.registry.mark_failed(document_id, reason)
+        record = self.registry.get(document_id)
+        self.index.delete_version(record.tenant, record.id, record.version)
+        self._audit(record, "failed", {"reason": reason})
 
-    def _index_document(self, record: DocumentRecord) -> int:
-        elements = parse(self.blobs.path_for(record.id), FileType[record.file_type], record.file_name)
+    def _audit(self, record: DocumentRecord, outcome: str, detail: dict[str, object]) -> None:
+        self.audit.write(
+            tenant=record.tenant,
+            subject=WORKER_SUBJECT,
+            action=AuditAction.INGESTED,
+            outcome=outcome,
+            target=record.id,
+            detail=detail,
+        )
+
+    def _ingest(self, record: DocumentRecord) -> int:
+        document_id, version = record.id, record.version
+        self.registry.set_stage(document_id, IngestStage.PARSING)
+        elements = parse(self.blobs.path_for(document_id, version), FileType[record.file_type], record.file_name)
+        self.registry.set_stage(document_id, IngestStage.CHUNKING, 0, len(elements))
         chunks = self.chunker.chunk(elements)
         if not chunks:
             raise DocumentRejected("no extractable text")
-        vectors = self.embedder.encode([chunk.text for chunk in chunks])
+        vectors: list[Sequence[float]] = []
+        for start in range(0, len(chunks), EMBED_PROGRESS_BATCH):
+            self.registry.set_stage(document_id, IngestStage.EMBEDDING, start, len(chunks))
+            batch = chunks[start : start + EMBED_PROGRESS_BATCH]
+            vectors.extend(self.embedder.encode([chunk.text for chunk in batch]))
+        self.registry.set_stage(document_id, IngestStage.INDEXING, 0, len(chunks))
+        written_acl = self.registry.get(document_id).acl_tokens
         points = [
             ChunkPoint(
                 tenant=record.tenant,
-                document_id=record.id,
+                document_id=document_id,
+                version=version,
                 file_name=record.file_name,
-                acl_tokens=record.acl_tokens,
+                acl_tokens=written_acl,
                 chunk=chunk,
                 vector=tuple(float(x) for x in vector),
             )
@@ -99,5 +150,17 @@ class IngestPipeline:
         ]
         self.index.upsert(points)
         # A retry that produced fewer chunks than an earlier attempt must not leave the extra ones behind.
-        self.index.delete_document(record.tenant, record.id, from_chunk=len(points))
+        self.index.delete_version(record.tenant, document_id, version, from_chunk=len(points))
+
+        current = self.registry.get(document_id)
+        if current.status is not DocumentStatus.PROCESSING or current.version != version:
+            raise Superseded()
+        if current.acl_tokens != written_acl:
+            self.index.set_acl(record.tenant, document_id, current.acl_tokens)
+        self.index.publish(record.tenant, document_id, version)
+        if not self.registry.mark_ready(document_id, version, len(points)):
+            if self.registry.get(document_id).status is DocumentStatus.DELETED:
+                self.index.delete_document(record.tenant, document_id)
+            raise Superseded()
+        self.blobs.delete(document_id, older_than=version)
         return len(points)

@@ -44,7 +44,7 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_soft_time_limit_s + 60,
-        broker_transport_options={"visibility_timeout": settings.task_soft_time_limit_s + 120},
+        broker_transport_options={"visibility_timeout": settings.queue_visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,
         # Publishing gives up within a few seconds when the broker is down, so uploads answer 503.
@@ -55,8 +55,10 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-def register_ingest_task(app: Celery, pipeline: PipelineProvider, max_retries: int) -> Task:  # type: ignore[type-arg]
-    """Define the ingestion task on `app`; `pipeline` returns this process's pipeline."""
+def register_ingest_task(app: Celery, pipeline: PipelineProvider, max_attempts: int) -> Task:  # type: ignore[type-arg]
+    """Define the ingestion task on `app`; `pipeline` returns this process's pipeline. A transient error is
+    retried with exponential backoff; after `max_attempts` the document ends `failed` with the last error."""
+    max_retries = max_attempts - 1
 
     # shared=False: the task closes over this app's pipeline and must not be copied into other apps.
     @app.task(name=INGEST_TASK_NAME, bind=True, max_retries=max_retries, queue=INGEST_QUEUE, shared=False)  # type: ignore[untyped-decorator]
@@ -71,7 +73,7 @@ def register_ingest_task(app: Celery, pipeline: PipelineProvider, max_retries: i
             retries = self.request.retries
             if retries >= max_retries:
                 log.exception("ingest: giving up on %s after %d attempts", document_id, retries + 1)
-                runner.fail(document_id, f"ingestion failed {retries + 1} times; last error: {exc}")
+                runner.fail(document_id, f"ingestion failed {retries + 1} times; last error: {exc!r}")
                 return {"document_id": document_id, "status": "failed"}
             countdown = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S**retries)
             log.warning(

@@ -3,9 +3,10 @@
 Semantics (the rule, written next to the code):
 - must: payload `tenant` == principal.tenant
 - must: payload `acl` contains at least one of principal.acl_tokens()  (user:<sub>, group:<g>...)
-Both clauses are always present; there is no caller-supplied filter to merge, and no way to ask for
-an unfiltered search. A principal that fails validation raises AccessError before any search runs.
-A principal no document admits simply matches nothing: zero results, not an error.
+- must: payload `live` is true (a version still being written is seen by nobody)
+All clauses are always present; there is no caller-supplied filter to merge, and no way to ask for an
+unfiltered search. A principal that fails validation raises AccessError before any search runs. A principal
+no document admits simply matches nothing: zero results, not an error. Being a tenant admin changes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from core.errors import AccessError
 
 TENANT_FIELD = "tenant"
 ACL_FIELD = "acl"
+LIVE_FIELD = "live"
 DOCUMENT_FIELD = "document_id"
+VERSION_FIELD = "version"
 CHUNK_INDEX_FIELD = "chunk_index"
 
 
@@ -31,16 +34,23 @@ def acl_filter(principal: Principal) -> models.Filter:
         must=[
             models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=principal.tenant)),
             models.FieldCondition(key=ACL_FIELD, match=models.MatchAny(any=tokens)),
+            models.FieldCondition(key=LIVE_FIELD, match=models.MatchValue(value=True)),
         ]
     )
 
 
-def document_filter(tenant: str, document_id: str, from_chunk: int = 0) -> models.Filter:
-    """Select one document's chunks (for maintenance: delete and count), never used for reading."""
+def document_filter(
+    tenant: str, document_id: str, *, version: int | None = None, from_chunk: int = 0, older_than: int | None = None
+) -> models.Filter:
+    """Select a document's chunks (for maintenance: publish, ACL change, delete, count), never for reading."""
     conditions: list[models.Condition] = [
         models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant)),
         models.FieldCondition(key=DOCUMENT_FIELD, match=models.MatchValue(value=document_id)),
     ]
+    if version is not None:
+        conditions.append(models.FieldCondition(key=VERSION_FIELD, match=models.MatchValue(value=version)))
+    if older_than is not None:
+        conditions.append(models.FieldCondition(key=VERSION_FIELD, range=models.Range(lt=older_than)))
     if from_chunk > 0:
         conditions.append(models.FieldCondition(key=CHUNK_INDEX_FIELD, range=models.Range(gte=from_chunk)))
     return models.Filter(must=conditions)

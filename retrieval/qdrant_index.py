@@ -16,12 +16,15 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from core.access import Principal
 from core.errors import Unavailable
+from core.index import newest_versions_only
 from core.records import ChunkPoint, SearchHit, point_id
 from retrieval.acl_filter import (
     ACL_FIELD,
     CHUNK_INDEX_FIELD,
     DOCUMENT_FIELD,
+    LIVE_FIELD,
     TENANT_FIELD,
+    VERSION_FIELD,
     acl_filter,
     document_filter,
 )
@@ -35,6 +38,8 @@ def _payload(point: ChunkPoint) -> dict[str, Any]:
     return {
         TENANT_FIELD: point.tenant,
         DOCUMENT_FIELD: point.document_id,
+        VERSION_FIELD: point.version,
+        LIVE_FIELD: False,  # made live by publish() once the whole version is written
         CHUNK_INDEX_FIELD: chunk.index,
         "text": chunk.text,
         "source": {"file_name": point.file_name, "page": chunk.page, "section": chunk.section},
@@ -47,6 +52,7 @@ def _hit(point: models.ScoredPoint) -> SearchHit:
     source = payload.get("source") or {}
     return SearchHit(
         document_id=str(payload[DOCUMENT_FIELD]),
+        version=int(payload[VERSION_FIELD]),
         chunk_index=int(payload[CHUNK_INDEX_FIELD]),
         text=str(payload["text"]),
         score=float(point.score),
@@ -95,7 +101,9 @@ class QdrantIndex:
             for field, schema in (
                 (TENANT_FIELD, tenant_index),
                 (ACL_FIELD, models.PayloadSchemaType.KEYWORD),
+                (LIVE_FIELD, models.PayloadSchemaType.BOOL),
                 (DOCUMENT_FIELD, models.PayloadSchemaType.KEYWORD),
+                (VERSION_FIELD, models.PayloadSchemaType.INTEGER),
                 (CHUNK_INDEX_FIELD, models.PayloadSchemaType.INTEGER),
             ):
                 self._client.create_payload_index(self.collection, field, field_schema=schema)
@@ -104,18 +112,44 @@ class QdrantIndex:
 
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         structs = [
-            models.PointStruct(id=point_id(p.document_id, p.chunk.index), vector=list(p.vector), payload=_payload(p))
+            models.PointStruct(
+                id=point_id(p.document_id, p.version, p.chunk.index), vector=list(p.vector), payload=_payload(p)
+            )
             for p in points
         ]
         for start in range(0, len(structs), _UPSERT_BATCH):
             self._call(partial(self._client.upsert, self.collection, structs[start : start + _UPSERT_BATCH], wait=True))
 
-    def delete_document(self, tenant: str, document_id: str, from_chunk: int = 0) -> None:
-        selector = models.FilterSelector(filter=document_filter(tenant, document_id, from_chunk))
+    def publish(self, tenant: str, document_id: str, version: int) -> None:
+        this_version = document_filter(tenant, document_id, version=version)
+        older = document_filter(tenant, document_id, older_than=version)
+        with self._lock:  # embedded: no query runs between the two steps
+            self._call(
+                lambda: self._client.set_payload(
+                    self.collection, payload={LIVE_FIELD: True}, points=this_version, wait=True
+                )
+            )
+            self._delete(older)
+
+    def set_acl(self, tenant: str, document_id: str, acl_tokens: Sequence[str]) -> None:
+        selection = document_filter(tenant, document_id)
+        tokens = list(acl_tokens)
+        self._call(
+            lambda: self._client.set_payload(self.collection, payload={ACL_FIELD: tokens}, points=selection, wait=True)
+        )
+
+    def delete_document(self, tenant: str, document_id: str) -> None:
+        self._delete(document_filter(tenant, document_id))
+
+    def delete_version(self, tenant: str, document_id: str, version: int, from_chunk: int = 0) -> None:
+        self._delete(document_filter(tenant, document_id, version=version, from_chunk=from_chunk))
+
+    def _delete(self, selection: models.Filter) -> None:
+        selector = models.FilterSelector(filter=selection)
         self._call(lambda: self._client.delete(self.collection, points_selector=selector, wait=True))
 
-    def count_document(self, tenant: str, document_id: str) -> int:
-        selection = document_filter(tenant, document_id)
+    def count_document(self, tenant: str, document_id: str, version: int | None = None) -> int:
+        selection = document_filter(tenant, document_id, version=version)
         result = self._call(lambda: self._client.count(self.collection, count_filter=selection, exact=True))
         return int(result.count)
 
@@ -126,7 +160,7 @@ class QdrantIndex:
                 self.collection, query=list(vector), query_filter=query_filter, limit=limit, with_payload=True
             )
         )
-        return [_hit(point) for point in response.points]
+        return newest_versions_only([_hit(point) for point in response.points])
 
     def close(self) -> None:
         with self._lock:

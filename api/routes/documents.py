@@ -1,153 +1,170 @@
-"""/v1/documents: upload (202, ingested by a Celery task) and status."""
+"""/v1/documents: upload (202, ingested by a Celery task), list, status, replace, delete, retry."""
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.types import Message, Receive
 
-from api.deps import PrincipalDep, RuntimeDep
+from api.deps import PrincipalDep, RuntimeDep, managed_document, visible_document
 from api.runtime import Runtime
-from api.schemas import AclIn, DocumentOut, ErrorOut
-from core.access import DocumentAcl, Principal
-from core.errors import AccessError, InputError, NotFound, TooLarge, Unavailable
-from ingest.parse import SUPPORTED_NAMES, detect_type
+from api.schemas import DocumentOut, DocumentPage, ErrorOut
+from api.upload import Upload, multipart_body, read_upload
+from core.access import Principal
+from core.audit import AuditAction
+from core.errors import Conflict, Unavailable
+from core.records import DocumentStatus
+from ingest.parse import detect_type
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
-_FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, headers and the acl field
-_MAX_ACL_FIELD_BYTES = 64 * 1024
-_MAX_FILE_NAME_CHARS = 255
-_UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_DOCUMENT_ID = re.compile(r"^[0-9a-f]{32}$")
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "missing, invalid or expired token"},
+_READ_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing, invalid or expired credentials"},
     404: {"model": ErrorOut, "description": "no such document, or not visible to the caller"},
 }
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": f"one of: {SUPPORTED_NAMES}"},
-                        "acl": {
-                            "type": "string",
-                            "description": 'JSON {"users": [...], "groups": [...]}; the uploader is always allowed',
-                        },
-                    },
-                }
-            }
-        },
-    }
+_CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_READ_ERRORS,
+    403: {"model": ErrorOut, "description": "readable, but only its owner or a tenant admin may change it"},
+    409: {"model": ErrorOut},
+    503: {"model": ErrorOut},
+}
+_UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_CHANGE_ERRORS,
+    400: {"model": ErrorOut},
+    413: {"model": ErrorOut},
+    415: {"model": ErrorOut},
 }
 
 
-class _BodyLimit:
-    """Wraps an ASGI receive and stops reading once the body passes `limit` bytes (413, not a full read)."""
-
-    def __init__(self, receive: Receive, limit: int) -> None:
-        self._receive = receive
-        self._limit = limit
-        self._seen = 0
-
-    async def __call__(self) -> Message:
-        message = await self._receive()
-        if message["type"] == "http.request":
-            self._seen += len(message.get("body", b""))
-            if self._seen > self._limit:
-                raise TooLarge(f"the upload is larger than the limit of {self._limit // (1024 * 1024)} MB")
-        return message
-
-
-def _display_name(raw: str | None) -> str:
-    """The file name as shown and cited; never used as a path (blobs are stored by document id)."""
-    name = _UNSAFE_NAME_CHARS.sub("", (raw or "").replace("\\", "/")).rsplit("/", 1)[-1].strip()
-    if not name or name in {".", ".."}:
-        raise InputError("the file part needs a file name")
-    return name[:_MAX_FILE_NAME_CHARS]
-
-
-def _parse_acl(raw: object) -> DocumentAcl:
-    if raw is None or raw == "":
-        return DocumentAcl()
-    if not isinstance(raw, str):
-        raise InputError("the acl field must be a JSON text, not a file")
-    try:
-        acl = AclIn.model_validate(json.loads(raw))
-        return DocumentAcl(users=tuple(acl.users), groups=tuple(acl.groups))
-    except (ValueError, ValidationError, AccessError) as exc:
-        raise InputError(f'invalid acl (expected JSON {{"users": [...], "groups": [...]}}): {exc}') from exc
-
-
-def _accept(runtime: Runtime, principal: Principal, upload: UploadFile, acl: DocumentAcl) -> DocumentOut:
-    file_name = _display_name(upload.filename)
-    file_type = detect_type(upload.file, file_name)
-    document_id = uuid.uuid4().hex
-    blob = runtime.blobs.save(document_id, upload.file, runtime.settings.max_upload_bytes)
-    record = runtime.registry.add(
-        document_id=document_id,
-        tenant=principal.tenant,
-        owner=principal.subject,
-        file_name=file_name,
-        file_type=file_type.name,
-        sha256=blob.sha256,
-        size_bytes=blob.size_bytes,
-        acl_tokens=acl.tokens(owner=principal.subject),
-    )
+def _submit(runtime: Runtime, document_id: str) -> None:
     try:
         runtime.submit(document_id)
     except Unavailable as exc:
         runtime.registry.mark_failed(document_id, f"not queued: {exc}")
         raise
-    return DocumentOut.of(record)
+
+
+def _accept(runtime: Runtime, principal: Principal, upload: Upload) -> tuple[DocumentOut, bool]:
+    file_type = detect_type(upload.file.file, upload.file_name)
+    document_id = uuid.uuid4().hex
+    blob = runtime.blobs.save(document_id, 1, upload.file.file, runtime.settings.max_upload_bytes)
+    # Same bytes in the same tenant: answer with the existing document rather than embed it twice, but
+    # only one the uploader may read, so that an upload never reveals someone else's document.
+    for existing in runtime.registry.find_same_content(principal.tenant, blob.sha256):
+        if principal.may_read(existing.tenant, existing.acl_tokens):
+            runtime.blobs.delete(document_id)
+            runtime.audit.by(principal, AuditAction.UPLOAD, "duplicate", target=existing.id)
+            return DocumentOut.of(existing, duplicate=True), False
+    record = runtime.registry.add(
+        document_id=document_id,
+        tenant=principal.tenant,
+        owner=principal.subject,
+        file_name=upload.file_name,
+        file_type=file_type.name,
+        sha256=blob.sha256,
+        size_bytes=blob.size_bytes,
+        acl_tokens=upload.acl.tokens(owner=principal.subject),
+    )
+    runtime.audit.by(principal, AuditAction.UPLOAD, "accepted", target=document_id)
+    _submit(runtime, document_id)
+    return DocumentOut.of(record), True
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=DocumentOut,
-    openapi_extra=_UPLOAD_BODY,
-    responses={
-        **_ERRORS,
-        400: {"model": ErrorOut},
-        413: {"model": ErrorOut},
-        415: {"model": ErrorOut},
-        503: {"model": ErrorOut},
-    },
+    openapi_extra=multipart_body(with_acl=True),
+    responses={**_UPLOAD_ERRORS, 200: {"model": DocumentOut, "description": "the same bytes already exist"}},
 )
-async def upload_document(request: Request, principal: PrincipalDep, runtime: RuntimeDep) -> DocumentOut:
-    """Upload a file for ingestion; answers 202 with status `queued`."""
-    limit = runtime.settings.max_upload_bytes + _FORM_OVERHEAD_BYTES
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"the upload is larger than the limit of {runtime.settings.max_upload_mb} MB")
-    limited = Request(request.scope, receive=_BodyLimit(request.receive, limit))
-    form = await limited.form(max_files=1, max_fields=1, max_part_size=_MAX_ACL_FIELD_BYTES)
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InputError("the request needs a multipart `file` part")
-        acl = _parse_acl(form.get("acl"))
-        return await run_in_threadpool(_accept, runtime, principal, upload, acl)
-    finally:
-        await form.close()
+async def upload_document(
+    request: Request, response: Response, principal: PrincipalDep, runtime: RuntimeDep
+) -> DocumentOut:
+    """Upload a file for ingestion: 202 with status `queued`, or 200 with the existing document
+    (`duplicate: true`) when the caller can already read one with the same bytes."""
+    async with read_upload(request, runtime.settings.max_upload_bytes) as upload:
+        document, queued = await run_in_threadpool(_accept, runtime, principal, upload)
+    if not queued:
+        response.status_code = status.HTTP_200_OK
+    return document
 
 
-@router.get("/{document_id}", response_model=DocumentOut, responses=_ERRORS)
+@router.get("", response_model=DocumentPage, responses=_READ_ERRORS)
+def list_documents(
+    principal: PrincipalDep,
+    runtime: RuntimeDep,
+    status: DocumentStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> DocumentPage:
+    """The documents the caller may read, newest first, a page at a time."""
+    records, next_cursor = runtime.registry.list_visible(principal, status=status, limit=limit, cursor=cursor)
+    return DocumentPage(documents=[DocumentOut.of(r) for r in records], next_cursor=next_cursor)
+
+
+@router.get("/{document_id}", response_model=DocumentOut, responses=_READ_ERRORS)
 def get_document(document_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> DocumentOut:
     """The document's registry entry, to anyone who may read it; 404 to everyone else."""
-    if not _DOCUMENT_ID.match(document_id):
-        raise NotFound(f"document {document_id} not found")
-    return DocumentOut.of(runtime.registry.get_visible(principal, document_id))
+    return DocumentOut.of(visible_document(runtime, principal, document_id))
+
+
+def _replace(runtime: Runtime, principal: Principal, document_id: str, upload: Upload) -> tuple[DocumentOut, bool]:
+    record = managed_document(runtime, principal, document_id, AuditAction.REPLACE)
+    file_type = detect_type(upload.file.file, upload.file_name)
+    version = record.version + 1
+    blob = runtime.blobs.save(document_id, version, upload.file.file, runtime.settings.max_upload_bytes)
+    if blob.sha256 == record.sha256:
+        runtime.blobs.delete(document_id, version)
+        return DocumentOut.of(record, duplicate=True), False
+    updated = runtime.registry.new_version(
+        document_id, sha256=blob.sha256, size_bytes=blob.size_bytes, file_type=file_type.name
+    )
+    if updated.version != version:  # another replacement got there first
+        runtime.blobs.delete(document_id, version)
+        raise Conflict("another replacement of this document is in progress; try again")
+    runtime.audit.by(principal, AuditAction.REPLACE, "accepted", target=document_id, detail={"version": version})
+    _submit(runtime, document_id)
+    return DocumentOut.of(updated), True
+
+
+@router.put(
+    "/{document_id}/content",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DocumentOut,
+    openapi_extra=multipart_body(with_acl=False),
+    responses={**_UPLOAD_ERRORS, 200: {"model": DocumentOut, "description": "the content is unchanged"}},
+)
+async def replace_content(
+    document_id: str, request: Request, response: Response, principal: PrincipalDep, runtime: RuntimeDep
+) -> DocumentOut:
+    """A new version of the document. Queries keep seeing the old chunks until the new ones are in."""
+    async with read_upload(request, runtime.settings.max_upload_bytes) as upload:
+        document, queued = await run_in_threadpool(_replace, runtime, principal, document_id, upload)
+    if not queued:
+        response.status_code = status.HTTP_200_OK
+    return document
+
+
+@router.delete("/{document_id}", response_model=DocumentOut, responses=_CHANGE_ERRORS)
+def delete_document(document_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> DocumentOut:
+    """Delete the document: once this answers, no query returns any of its chunks."""
+    record = managed_document(runtime, principal, document_id, AuditAction.DELETE)
+    runtime.registry.mark_deleted(document_id)  # first: an ingestion in flight sees it and stops
+    runtime.index.delete_document(record.tenant, document_id)
+    runtime.blobs.delete(document_id)
+    runtime.audit.by(principal, AuditAction.DELETE, "deleted", target=document_id)
+    return DocumentOut.of(runtime.registry.get(document_id))
+
+
+@router.post("/{document_id}/retry", status_code=202, response_model=DocumentOut, responses=_CHANGE_ERRORS)
+def retry_document(document_id: str, principal: PrincipalDep, runtime: RuntimeDep) -> DocumentOut:
+    """Run a failed document's ingestion again."""
+    record = managed_document(runtime, principal, document_id, AuditAction.RETRY)
+    if record.status is not DocumentStatus.FAILED:
+        raise Conflict(f"only a failed document can be retried; this one is {record.status.value}")
+    queued = runtime.registry.mark_queued(document_id)
+    runtime.audit.by(principal, AuditAction.RETRY, "accepted", target=document_id)
+    _submit(runtime, document_id)
+    return DocumentOut.of(queued)

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from api.deps import PrincipalDep, RuntimeDep
 from api.schemas import ChunkOut, ErrorOut, QueryIn, QueryOut
+from core.audit import AuditAction
 
 router = APIRouter(prefix="/v1", tags=["query"])
 
@@ -21,11 +22,22 @@ def query(body: QueryIn, principal: PrincipalDep, runtime: RuntimeDep) -> QueryO
     top_k = min(body.top_k or settings.default_top_k, settings.max_top_k)
     budget = body.max_context_tokens or settings.default_max_context_tokens
     result = runtime.retriever.query(principal, body.query, top_k, budget)
+    # Written before answering: a query that cannot be audited is not answered.
+    runtime.audit.by(
+        principal,
+        AuditAction.QUERY,
+        "answered",
+        detail={
+            "top_k": top_k,
+            "chunks": [f"{hit.document_id}:{hit.version}:{hit.chunk_index}" for hit in result.hits],
+        },
+    )
     return QueryOut(
         query=body.query,
         results=[
             ChunkOut(
                 document_id=hit.document_id,
+                version=hit.version,
                 chunk_index=hit.chunk_index,
                 text=hit.text,
                 score=hit.score,

@@ -8,6 +8,7 @@ import pytest
 
 from api.runtime import Runtime
 from core.records import Chunk, ChunkPoint, DocumentStatus
+from core.schema import create_schema
 from tests.helpers import auth, query, settings_for, upload, wait_final
 from tests.integration.conftest import serve
 
@@ -37,7 +38,7 @@ def test_a_retried_task_leaves_no_duplicate_or_stale_points(tmp_path: Path, shar
         runtime.registry.mark_queued(document_id)
         stale = Chunk(index=999, text="stale", page=None, section=None, token_count=1)
         runtime.index.upsert(
-            [ChunkPoint("acme", document_id, "handbook.docx", ("user:alice",), stale, tuple([0.1] * 384))]
+            [ChunkPoint("acme", document_id, 1, "handbook.docx", ("user:alice",), stale, tuple([0.1] * 384))]
         )
         outcome = runtime.pipeline.run(document_id)
         assert outcome.status is DocumentStatus.READY and outcome.chunk_count == record["chunk_count"]
@@ -58,7 +59,7 @@ def test_documents_survive_a_restart_and_unfinished_ones_are_resumed(tmp_path: P
     interrupted = Runtime(settings_for(tmp_path))
     blob_id = "0123456789abcdef0123456789abcdef"
     with (shared_docs / "family-day.eml").open("rb") as source:
-        blob = interrupted.blobs.save(blob_id, source, max_bytes=10_000_000)
+        blob = interrupted.blobs.save(blob_id, 1, source, max_bytes=10_000_000)
     interrupted.registry.add(
         document_id=blob_id,
         tenant="acme",
@@ -69,6 +70,7 @@ def test_documents_survive_a_restart_and_unfinished_ones_are_resumed(tmp_path: P
         size_bytes=blob.size_bytes,
         acl_tokens=["user:alice"],
     )
+    create_schema(interrupted.database)
     interrupted.registry.start_attempt(blob_id)
     interrupted.stop()
 

@@ -57,14 +57,16 @@ def test_malformed_identities_raise(build: object) -> None:
         build()  # type: ignore[operator]
 
 
-def test_filter_always_carries_tenant_and_acl_clauses() -> None:
-    built = acl_filter(Principal.of("acme", "alice", ["eng"]))
+@pytest.mark.parametrize("is_admin", [False, True])
+def test_filter_always_carries_tenant_acl_and_live_clauses(is_admin: bool) -> None:
+    built = acl_filter(Principal.of("acme", "alice", ["eng"], is_admin=is_admin))
     assert built.should is None and built.must_not is None
     assert isinstance(built.must, list)
     conditions = {c.key: c.match for c in built.must if isinstance(c, models.FieldCondition)}
     assert conditions["tenant"] == models.MatchValue(value="acme")
     assert conditions["acl"] == models.MatchAny(any=["user:alice", "group:eng"])
-    assert len(built.must) == 2
+    assert conditions["live"] == models.MatchValue(value=True)
+    assert len(built.must) == 3
 
 
 def test_filter_refuses_anything_but_a_principal() -> None:

@@ -1,0 +1,140 @@
+"""The audit log: who did what, when, with what outcome. Every query and every document or ACL change
+writes one record; a query's record holds the ids of the chunks returned (never their text).
+
+Writing the record is part of the request: if it cannot be written, the request fails (no unaudited answer).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.access import Principal
+from core.db import Base, Database, as_utc, utcnow
+
+
+class AuditAction(enum.StrEnum):
+    QUERY = "query"
+    UPLOAD = "document.upload"
+    REPLACE = "document.replace"
+    DELETE = "document.delete"
+    ACL_CHANGE = "document.acl"
+    RETRY = "document.retry"
+    INGESTED = "document.ingested"
+    APIKEY_CREATE = "apikey.create"
+    APIKEY_REVOKE = "apikey.revoke"
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    tenant: Mapped[str] = mapped_column(String(256), index=True)
+    subject: Mapped[str] = mapped_column(String(300), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    at: datetime
+    tenant: str
+    subject: str
+    action: str
+    target: str | None
+    outcome: str
+    detail: dict[str, Any]
+
+
+def _record(row: AuditRow) -> AuditRecord:
+    return AuditRecord(
+        id=row.id,
+        at=as_utc(row.at),
+        tenant=row.tenant,
+        subject=row.subject,
+        action=row.action,
+        target=row.target,
+        outcome=row.outcome,
+        detail=dict(row.detail),
+    )
+
+
+class AuditLog:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def write(
+        self,
+        *,
+        tenant: str,
+        subject: str,
+        action: AuditAction,
+        outcome: str,
+        target: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        row = AuditRow(
+            at=utcnow(),
+            tenant=tenant,
+            subject=subject,
+            action=action.value,
+            target=target,
+            outcome=outcome,
+            detail=detail or {},
+        )
+        with self._db.session() as session:
+            session.add(row)
+
+    def by(
+        self,
+        principal: Principal,
+        action: AuditAction,
+        outcome: str,
+        target: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.write(
+            tenant=principal.tenant,
+            subject=principal.subject,
+            action=action,
+            outcome=outcome,
+            target=target,
+            detail=detail,
+        )
+
+    def search(
+        self,
+        tenant: str,
+        *,
+        subject: str | None = None,
+        actions: Sequence[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """The tenant's records, newest first, filtered; page with `before_id` (the last id seen)."""
+        statement = select(AuditRow).where(AuditRow.tenant == tenant)
+        if subject is not None:
+            statement = statement.where(AuditRow.subject == subject)
+        if actions:
+            statement = statement.where(AuditRow.action.in_(list(actions)))
+        if since is not None:
+            statement = statement.where(AuditRow.at >= since)
+        if until is not None:
+            statement = statement.where(AuditRow.at < until)
+        if before_id is not None:
+            statement = statement.where(AuditRow.id < before_id)
+        statement = statement.order_by(AuditRow.id.desc()).limit(limit)
+        with self._db.session() as session:
+            return [_record(row) for row in session.scalars(statement)]
