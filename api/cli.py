@@ -63,7 +63,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from api.worker import run_worker  # the model stack, only for this command
 
-    return run_worker(get_settings(), concurrency=args.concurrency, loglevel=args.log_level)
+    return run_worker(
+        get_settings(),
+        concurrency=args.concurrency,
+        loglevel=args.log_level,
+        pool=args.pool,
+        embedded_index=args.embedded_index,
+    )
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -82,17 +88,47 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace) -> TesseraClient:
+def _client(args: argparse.Namespace, *, admin: bool = False) -> TesseraClient:
     settings = get_settings()
     token = mint_token(
         _secret(settings),
         subject=args.user,
         tenant=args.tenant,
-        groups=args.groups,
+        groups=getattr(args, "groups", []),
+        admin=admin,
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
     )
     return TesseraClient(args.url or settings.server_url, token)
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    with _client(args, admin=True) as client:
+        if args.action == "create":
+            created = client.create_api_key(args.name, args.key_groups)
+            print(f"created API key {created['id']} for {created['subject']} in tenant {args.tenant}")
+            print(f"groups: {', '.join(created['groups']) or '(none)'}")
+            print(f"key (shown once, store it now): {created['key']}")
+        elif args.action == "list":
+            for key in client.list_api_keys():
+                state = f"revoked {key['revoked_at']}" if key["revoked_at"] else "active"
+                print(f"{key['id']}  {key['name']:<24} {','.join(key['groups']):<24} {state}")
+        else:
+            revoked = client.revoke_api_key(args.key_id)
+            print(f"revoked {revoked['id']} ({revoked['name']})")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    with _client(args, admin=True) as client:
+        records = client.audit(subject=args.subject, since=args.since, until=args.until, limit=args.limit)
+    for record in records:
+        target = record["target"] or "-"
+        print(
+            f"{record['at']}  {record['subject']:<20} {record['action']:<18} {record['outcome']:<10} {target}  "
+            f"{record['detail'] or ''}"
+        )
+    return 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -164,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run Celery ingestion workers on Redis (service mode)")
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--log-level", default="INFO")
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument(
+        "--embedded-index",
+        action="store_true",
+        help="hold the embedded index under TESSERA_DATA_DIR (one solo worker, no API on that directory)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     ingest = sub.add_parser("ingest", help="upload files to a running server and wait for them")
@@ -188,6 +230,30 @@ def build_parser() -> argparse.ArgumentParser:
     _identity(token)
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     token.set_defaults(func=cmd_token)
+
+    apikey = sub.add_parser("apikey", help="service-account API keys of a tenant (over HTTP, as its admin)")
+    apikey_sub = apikey.add_subparsers(dest="action", required=True)
+    for name, helptext in (("create", "issue a key"), ("list", "list keys"), ("revoke", "revoke a key")):
+        action = apikey_sub.add_parser(name, help=helptext)
+        action.add_argument("--tenant", required=True)
+        action.add_argument("--user", default="tessera-cli", help="the admin subject to act as")
+        action.add_argument("--url", default=None, help="server URL (default TESSERA_SERVER_URL)")
+        if name == "create":
+            action.add_argument("--name", required=True)
+            action.add_argument("--groups", dest="key_groups", type=_csv, default=[], help="the key's groups")
+        if name == "revoke":
+            action.add_argument("key_id")
+        action.set_defaults(func=cmd_apikey)
+
+    audit = sub.add_parser("audit", help="print a tenant's audit log (over HTTP, as its admin)")
+    audit.add_argument("--tenant", required=True)
+    audit.add_argument("--user", default="tessera-cli", help="the admin subject to act as")
+    audit.add_argument("--subject", default=None)
+    audit.add_argument("--since", default=None, help="ISO time, inclusive")
+    audit.add_argument("--until", default=None, help="ISO time, exclusive")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument("--url", default=None, help="server URL (default TESSERA_SERVER_URL)")
+    audit.set_defaults(func=cmd_audit)
 
     demo = sub.add_parser("demo", help="start a server, upload as two users, query as each")
     demo.add_argument("--docs", default="../shared/docs", help="the documents to upload (default ../shared/docs)")

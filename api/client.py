@@ -90,3 +90,37 @@ class TesseraClient:
         if max_context_tokens is not None:
             body["max_context_tokens"] = max_context_tokens
         return self._checked(self._http.post("/v1/query", json=body))
+
+    def list_documents(self, *, status: str | None = None, limit: int = 50, cursor: str | None = None) -> Any:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        return self._checked(self._http.get("/v1/documents", params=params))
+
+    def delete(self, document_id: str) -> Any:
+        return self._checked(self._http.delete(f"/v1/documents/{document_id}"))
+
+    def set_acl(self, document_id: str, *, users: Sequence[str] = (), groups: Sequence[str] = ()) -> Any:
+        body = {"users": list(users), "groups": list(groups)}
+        return self._checked(self._http.put(f"/v1/documents/{document_id}/acl", json=body))
+
+    def create_api_key(self, name: str, groups: Sequence[str]) -> Any:
+        return self._checked(self._http.post("/v1/apikeys", json={"name": name, "groups": list(groups)}))
+
+    def list_api_keys(self) -> Any:
+        return self._checked(self._http.get("/v1/apikeys"))
+
+    def revoke_api_key(self, key_id: str) -> Any:
+        return self._checked(self._http.delete(f"/v1/apikeys/{key_id}"))
+
+    def audit(
+        self, *, subject: str | None = None, since: str | None = None, until: str | None = None, limit: int = 100
+    ) -> list[Any]:
+        params: dict[str, Any] = {"limit": limit}
+        for name, value in (("subject", subject), ("since", since), ("until", until)):
+            if value:
+                params[name] = value
+        records: list[Any] = self._checked(self._http.get("/v1/audit", params=params))["records"]
+        return records

@@ -13,14 +13,20 @@ from core.settings import Settings
 from ingest.tasks import INGEST_QUEUE
 
 
-def run_worker(settings: Settings, *, concurrency: int | None, loglevel: str) -> int:
+def run_worker(
+    settings: Settings, *, concurrency: int | None, loglevel: str, pool: str = "prefork", embedded_index: bool = False
+) -> int:
+    """Consume the Redis queue until stopped. `embedded_index` lets this one process hold the embedded
+    index under the data directory (a single worker, and no API on the same directory)."""
     if settings.queue != "redis":
         raise ConfigError("tessera worker consumes Redis: set TESSERA_QUEUE=redis (and TESSERA_REDIS_URL)")
-    if not settings.qdrant_url:
+    if not settings.qdrant_url and not embedded_index:
         raise ConfigError(
             "tessera worker needs a Qdrant server (TESSERA_QDRANT_URL): the embedded index under "
-            "TESSERA_DATA_DIR is held by the API process"
+            "TESSERA_DATA_DIR is held by the API process (or pass --embedded-index to a single worker)"
         )
+    if embedded_index and (pool != "solo" or (concurrency or 1) > 1):
+        raise ConfigError("--embedded-index needs --pool solo: one process holds the embedded index")
     runtime = Runtime(settings)
     create_schema(runtime.database)
     runtime.celery.worker_main(
@@ -32,6 +38,8 @@ def run_worker(settings: Settings, *, concurrency: int | None, loglevel: str) ->
             str(concurrency or settings.worker_concurrency),
             "--loglevel",
             loglevel,
+            "--pool",
+            pool,
             "--hostname",
             "tessera@%h",
         ]

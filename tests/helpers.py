@@ -19,8 +19,9 @@ def settings_for(data_dir: Path, **overrides: Any) -> Settings:
     return load_settings(data_dir=data_dir, jwt_secret=SECRET, **overrides)
 
 
-def auth(user: str, tenant: str = "acme", groups: Sequence[str] = ()) -> dict[str, str]:
-    return {"Authorization": f"Bearer {mint_token(SECRET, subject=user, tenant=tenant, groups=groups)}"}
+def auth(user: str, tenant: str = "acme", groups: Sequence[str] = (), *, admin: bool = False) -> dict[str, str]:
+    token = mint_token(SECRET, subject=user, tenant=tenant, groups=groups, admin=admin)
+    return {"Authorization": f"Bearer {token}"}
 
 
 def upload(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from api.auth import TokenVerifier
@@ -76,3 +77,18 @@ def test_demo_shows_two_users_different_answers(shared_docs: Path, capsys: pytes
     assert "example-10k-1p.html" in alice and "handbook-1p.docx" not in alice
     assert "handbook-1p.docx" in bob and "example-10k-1p.html" not in bob
     assert "no results" in carol and "LEAK" not in out
+
+
+def test_apikey_and_audit_commands_over_http(server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["apikey", "create", "--tenant", "acme", "--name", "crawler", "--groups", "eng"]) == 0
+    out = capsys.readouterr().out
+    key = out.split("key (shown once, store it now): ")[1].split()[0]
+    key_id = out.split("created API key ")[1].split()[0]
+    with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {key}"}) as client:
+        assert client.post("/v1/query", json={"query": "anything"}).status_code == 200
+        assert main(["apikey", "list", "--tenant", "acme"]) == 0
+        assert f"{key_id}  crawler" in capsys.readouterr().out
+        assert main(["apikey", "revoke", "--tenant", "acme", key_id]) == 0
+        assert client.post("/v1/query", json={"query": "anything"}).status_code == 401
+    assert main(["audit", "--tenant", "acme", "--subject", "svc:crawler"]) == 0
+    assert "svc:crawler" in capsys.readouterr().out
