@@ -43,9 +43,11 @@ class Runtime:
         self.settings = settings
         self.celery: Celery = create_celery(settings)
         self.ingest_task: Task = register_ingest_task(  # type: ignore[type-arg]
-            self.celery, lambda: self.pipeline, settings.task_max_attempts
+            self.celery, self.worker_pipeline, settings.task_max_attempts
         )
         self._worker: EmbeddedWorker | None = None
+        self._worker_storage_ready = False
+        self._worker_storage_lock = threading.Lock()
 
     @cached_property
     def database(self) -> Database:
@@ -90,6 +92,16 @@ class Runtime:
             chunker=chunker,
             audit=self.audit,
         )
+
+    def worker_pipeline(self) -> IngestPipeline:
+        """The pipeline, with the SQL schema made on first use in this process (a `tessera worker` process
+        does not go through `start`; the pipeline makes the index collection ready itself)."""
+        if not self._worker_storage_ready:
+            with self._worker_storage_lock:
+                if not self._worker_storage_ready:
+                    create_schema(self.database)
+                    self._worker_storage_ready = True
+        return self.pipeline
 
     @cached_property
     def retriever(self) -> Retriever:

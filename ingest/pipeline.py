@@ -23,7 +23,7 @@ from unstructured.file_utils.model import FileType
 from core.audit import AuditAction, AuditLog
 from core.blobs import BlobStore
 from core.embedding import Embedder
-from core.errors import DocumentRejected, NotFound
+from core.errors import DocumentRejected, NotFound, Unavailable
 from core.index import VectorIndex
 from core.records import ChunkPoint, DocumentRecord, DocumentStatus, IngestStage
 from core.registry import Registry
@@ -66,6 +66,7 @@ class IngestPipeline:
         self.embedder = embedder
         self.chunker = chunker
         self.audit = audit
+        self._index_ready = False
 
     def run(self, document_id: str) -> IngestOutcome:
         """Ingest the document's current version. Idempotent: a final document is left alone, and chunk ids
@@ -108,8 +109,11 @@ class IngestPipeline:
         """Give up on a document after its attempts are spent."""
         self.registry.mark_failed(document_id, reason)
         record = self.registry.get(document_id)
-        self.index.delete_version(record.tenant, record.id, record.version)
         self._audit(record, "failed", {"reason": reason})
+        try:  # chunks of a version that never went live are invisible; removing them is housekeeping
+            self.index.delete_version(record.tenant, record.id, record.version)
+        except Unavailable as exc:
+            log.warning("ingest: could not remove unpublished chunks of %s: %s", document_id, exc)
 
     def _audit(self, record: DocumentRecord, outcome: str, detail: dict[str, object]) -> None:
         self.audit.write(
@@ -122,6 +126,9 @@ class IngestPipeline:
         )
 
     def _ingest(self, record: DocumentRecord) -> int:
+        if not self._index_ready:  # once per process; Unavailable here is retried like any index error
+            self.index.ensure_ready(self.embedder.dimension)
+            self._index_ready = True
         document_id, version = record.id, record.version
         self.registry.set_stage(document_id, IngestStage.PARSING)
         elements = parse(self.blobs.path_for(document_id, version), FileType[record.file_type], record.file_name)

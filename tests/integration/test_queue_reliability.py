@@ -1,0 +1,144 @@
+"""The ingestion queue survives a worker killed mid-document, and transient errors retry then stop.
+
+The worker under test is a separate `tessera worker` process on the real Redis: it is killed with SIGKILL
+while it embeds a document, a second worker picks the task up once Redis's visibility timeout hands it
+back, and the document ends `ready` exactly once with no duplicate chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from api.runtime import EmbeddedWorker, Runtime
+from core.audit import AuditAction
+from core.records import DocumentStatus, IngestStage
+from core.schema import create_schema
+from ingest.tasks import enqueue
+from retrieval.qdrant_index import QdrantIndex
+from tests.conftest import SECRET
+from tests.helpers import settings_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+VISIBILITY_S = 4
+
+
+@pytest.fixture
+def broker() -> Iterator[None]:
+    connection = redis.Redis.from_url(REDIS_URL)
+    connection.flushdb()
+    yield
+    connection.flushdb()
+
+
+def _add_document(runtime: Runtime, path: Path, document_id: str) -> None:
+    with path.open("rb") as source:
+        blob = runtime.blobs.save(document_id, 1, source, max_bytes=50_000_000)
+    runtime.registry.add(
+        document_id=document_id,
+        tenant="acme",
+        owner="alice",
+        file_name=path.name,
+        file_type="TXT",
+        sha256=blob.sha256,
+        size_bytes=blob.size_bytes,
+        acl_tokens=["user:alice"],
+    )
+
+
+def _worker(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TESSERA_JWT_SECRET": SECRET,
+        "TESSERA_DATA_DIR": str(data_dir),
+        "TESSERA_QUEUE": "redis",
+        "TESSERA_REDIS_URL": REDIS_URL,
+        "TESSERA_QUEUE_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
+    }
+    command = [sys.executable, "-m", "api.cli", "worker", "--pool", "solo", "--embedded-index", "--log-level", "INFO"]
+    return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait(condition: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_once(
+    tmp_path: Path, broker: None, shared_docs: Path
+) -> None:
+    settings = settings_for(tmp_path, queue="redis", redis_url=REDIS_URL, queue_visibility_timeout_s=VISIBILITY_S)
+    runtime = Runtime(settings)  # registry, blobs and the queue only: the index belongs to the workers
+    create_schema(runtime.database)
+    document_id = "feedfacefeedfacefeedfacefeedface"
+    _add_document(runtime, shared_docs / "norwich-city.txt", document_id)
+    enqueue(runtime.ingest_task, document_id)
+    log = tmp_path / "workers.log"
+
+    first = _worker(tmp_path, log)
+    try:
+        _wait(
+            lambda: runtime.registry.get(document_id).stage is IngestStage.EMBEDDING, 120, "the first worker to embed"
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+    killed = runtime.registry.get(document_id)
+    assert killed.status is DocumentStatus.PROCESSING and killed.attempts == 1
+
+    second = _worker(tmp_path, log)
+    try:
+        _wait(lambda: runtime.registry.get(document_id).status.is_final, 180, "the second worker to finish")
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(60)
+    record = runtime.registry.get(document_id)
+    print(f"\nkilled worker -> replacement: {record.status}, {record.attempts} attempts, {record.chunk_count} chunks")
+    assert record.status is DocumentStatus.READY, log.read_text()[-3000:]
+    assert record.attempts == 2 and record.chunk_count > 50
+
+    index = QdrantIndex(settings.collection, path=settings.qdrant_path)  # the workers are gone: open it here
+    try:
+        assert index.count_document("acme", document_id) == record.chunk_count  # no duplicate chunks
+    finally:
+        index.close()
+    ready = [r for r in runtime.audit.search("acme", actions=[AuditAction.INGESTED]) if r.outcome == "ready"]
+    assert [r.target for r in ready] == [document_id]  # ready exactly once
+    runtime.stop()
+
+
+def test_transient_errors_retry_with_backoff_then_fail_after_three_attempts(tmp_path: Path, shared_docs: Path) -> None:
+    # A real Qdrant client pointed at a port where no server listens: every write is refused.
+    settings = settings_for(tmp_path, qdrant_url="http://127.0.0.1:9")
+    runtime = Runtime(settings)
+    create_schema(runtime.database)
+    document_id = "0badc0de0badc0de0badc0de0badc0de"
+    _add_document(runtime, shared_docs / "book-war-and-peace-1p.txt", document_id)
+    worker = EmbeddedWorker(runtime.celery)
+    worker.start()
+    try:
+        started = time.monotonic()
+        enqueue(runtime.ingest_task, document_id)
+        _wait(lambda: runtime.registry.get(document_id).status.is_final, 120, "the document to give up")
+        elapsed = time.monotonic() - started
+    finally:
+        worker.stop()
+    record = runtime.registry.get(document_id)
+    print(f"\ntransient failures: {record.attempts} attempts in {elapsed:.1f}s, then: {record.failure_reason}")
+    assert record.status is DocumentStatus.FAILED and record.attempts == 3
+    assert "failed 3 times" in (record.failure_reason or "") and "unavailable" in (record.failure_reason or "")
+    assert elapsed >= 1 + 2  # backoff: 1 s then 2 s between the three attempts
+    runtime.stop()
