@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from core.access import Principal
-from core.records import ChunkPoint, SearchHit
+from core.records import ChunkPoint, SearchHit, StoredVector
 
 
 class VectorIndex(Protocol):
@@ -24,8 +24,8 @@ class VectorIndex(Protocol):
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         """Write chunks, not yet live; ids are deterministic, so writing a chunk twice keeps one copy."""
 
-    def publish(self, tenant: str, document_id: str, version: int) -> None:
-        """Make `version` of the document live, then remove every older version's chunks."""
+    def publish(self, tenant: str, document_id: str, version: int, chunk_count: int) -> None:
+        """Make the `chunk_count` chunks of `version` live, then remove every older version's chunks."""
 
     def set_acl(self, tenant: str, document_id: str, acl_tokens: Sequence[str]) -> None:
         """Replace the ACL on every chunk of the document (all versions) without re-embedding."""
@@ -41,6 +41,9 @@ class VectorIndex(Protocol):
 
     def search(self, principal: Principal, vector: Sequence[float], limit: int) -> list[SearchHit]:
         """The `limit` nearest live chunks among those the principal may read, best first."""
+
+    def vectors(self, tenant: str) -> list[StoredVector]:
+        """Every chunk of the tenant with its vector and ACL (for offline checks, never for serving)."""
 
     def close(self) -> None:
         """Release the engine (embedded engines hold their directory until closed)."""

@@ -106,3 +106,15 @@ class DocumentRecord:
     attempts: int
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """One stored chunk with its vector, for offline checks (exact search in the eval suites)."""
+
+    document_id: str
+    version: int
+    chunk_index: int
+    acl_tokens: tuple[str, ...]
+    live: bool
+    vector: tuple[float, ...]

@@ -260,13 +260,13 @@ class Registry:
             row.updated_at = utcnow()
 
     def mark_queued(self, document_id: str) -> DocumentRecord:
-        """Back to `queued` for another attempt (POST .../retry, or recovery); attempts start again."""
+        """Back to `queued` for another attempt (POST .../retry, or recovery). `attempts` keeps counting the
+        attempts at this version: the pipeline relies on it to know whether an earlier one wrote chunks."""
         with self._db.session() as session:
             row = self._row(session, document_id)
             if row.status == DocumentStatus.DELETED.value:
                 raise NotFound(f"document {document_id} not found")
             row.status = DocumentStatus.QUEUED.value
-            row.attempts = 0
             row.stage = None
             row.failure_reason = None
             row.updated_at = utcnow()

@@ -156,15 +156,16 @@ class IngestPipeline:
             for chunk, vector in zip(chunks, vectors, strict=True)
         ]
         self.index.upsert(points)
-        # A retry that produced fewer chunks than an earlier attempt must not leave the extra ones behind.
-        self.index.delete_version(record.tenant, document_id, version, from_chunk=len(points))
+        if record.attempts > 1:
+            # A retry that produced fewer chunks than an earlier attempt must not leave the extra ones behind.
+            self.index.delete_version(record.tenant, document_id, version, from_chunk=len(points))
 
         current = self.registry.get(document_id)
         if current.status is not DocumentStatus.PROCESSING or current.version != version:
             raise Superseded()
         if current.acl_tokens != written_acl:
             self.index.set_acl(record.tenant, document_id, current.acl_tokens)
-        self.index.publish(record.tenant, document_id, version)
+        self.index.publish(record.tenant, document_id, version, len(points))
         if not self.registry.mark_ready(document_id, version, len(points)):
             if self.registry.get(document_id).status is DocumentStatus.DELETED:
                 self.index.delete_document(record.tenant, document_id)

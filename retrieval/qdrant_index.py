@@ -17,7 +17,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from core.access import Principal
 from core.errors import Unavailable
 from core.index import newest_versions_only
-from core.records import ChunkPoint, SearchHit, point_id
+from core.records import ChunkPoint, SearchHit, StoredVector, point_id
 from retrieval.acl_filter import (
     ACL_FIELD,
     CHUNK_INDEX_FIELD,
@@ -120,16 +120,15 @@ class QdrantIndex:
         for start in range(0, len(structs), _UPSERT_BATCH):
             self._call(partial(self._client.upsert, self.collection, structs[start : start + _UPSERT_BATCH], wait=True))
 
-    def publish(self, tenant: str, document_id: str, version: int) -> None:
-        this_version = document_filter(tenant, document_id, version=version)
-        older = document_filter(tenant, document_id, older_than=version)
+    def publish(self, tenant: str, document_id: str, version: int, chunk_count: int) -> None:
+        # By id, not by filter: the ids are known, and local mode would scan every point for a filter.
+        ids: list[models.ExtendedPointId] = [point_id(document_id, version, i) for i in range(chunk_count)]
         with self._lock:  # embedded: no query runs between the two steps
             self._call(
-                lambda: self._client.set_payload(
-                    self.collection, payload={LIVE_FIELD: True}, points=this_version, wait=True
-                )
+                lambda: self._client.set_payload(self.collection, payload={LIVE_FIELD: True}, points=ids, wait=True)
             )
-            self._delete(older)
+            if version > 1:
+                self._delete(document_filter(tenant, document_id, older_than=version))
 
     def set_acl(self, tenant: str, document_id: str, acl_tokens: Sequence[str]) -> None:
         selection = document_filter(tenant, document_id)
@@ -161,6 +160,40 @@ class QdrantIndex:
             )
         )
         return newest_versions_only([_hit(point) for point in response.points])
+
+    def vectors(self, tenant: str) -> list[StoredVector]:
+        selection = models.Filter(must=[models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant))])
+        stored: list[StoredVector] = []
+        offset: models.ExtendedPointId | None = None
+        while True:
+            page, offset = self._call(
+                partial(
+                    self._client.scroll,
+                    self.collection,
+                    scroll_filter=selection,
+                    limit=1024,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=True,
+                )
+            )
+            for point in page:
+                payload = point.payload or {}
+                vector = point.vector
+                if not isinstance(vector, list):
+                    raise TypeError("expected one unnamed dense vector per point")
+                stored.append(
+                    StoredVector(
+                        document_id=str(payload[DOCUMENT_FIELD]),
+                        version=int(payload[VERSION_FIELD]),
+                        chunk_index=int(payload[CHUNK_INDEX_FIELD]),
+                        acl_tokens=tuple(payload[ACL_FIELD]),
+                        live=bool(payload[LIVE_FIELD]),
+                        vector=tuple(float(x) for x in vector),  # type: ignore[arg-type]
+                    )
+                )
+            if offset is None:
+                return stored
 
     def close(self) -> None:
         with self._lock:

@@ -93,7 +93,7 @@ def test_acl_change_on_a_1000_chunk_document(embedded: Served, capsys: pytest.Ca
         for i in range(1000)
     ]
     embedded.runtime.index.upsert(points)
-    embedded.runtime.index.publish("acme", document_id, record.version)
+    embedded.runtime.index.publish("acme", document_id, record.version, 1000)
     assert embedded.runtime.index.count_document("acme", document_id) == 1000
 
     timings = []
