@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from api.auth import mint_token
 from api.client import ClientError, TesseraClient
 from core.errors import ConfigError, TesseraError
-from core.settings import Settings, get_settings
+from core.settings import Settings, get_settings, load_settings
 
 DEFAULT_TENANT = "default"
 
@@ -181,6 +182,74 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_settings() -> Settings:
+    """Eval runs serve nothing over HTTP: without a configured JWT secret, an ephemeral one will do."""
+    try:
+        return get_settings()
+    except ConfigError:
+        return load_settings(jwt_secret=secrets.token_urlsafe(48))  # still fails on any other bad setting
+
+
+def cmd_eval_run(args: argparse.Namespace) -> int:
+    from api.evaluation import run_evaluation  # the model stack, only for this command
+    from evals.suite import SuiteOptions
+
+    bars: dict[str, tqdm[None]] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.setdefault(stage, tqdm(total=total, desc=stage, unit="doc" if stage == "ingest" else "query"))
+        bar.update(done - bar.n)
+
+    options = SuiteOptions(
+        acl_groups=1 if args.no_acl else args.groups, acl_users=args.users, seed=args.seed, top_k=args.top_k
+    )
+    record, path = run_evaluation(
+        _eval_settings(),
+        args.suite,
+        options,
+        max_queries=args.max_queries,
+        extra_passages=args.extra_passages,
+        progress=progress,
+    )
+    for bar in bars.values():
+        bar.close()
+    metrics = record["metrics"]
+    print(f"run {record['run_id']}: {record['index_size']}")
+    print("  " + "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if value is not None))
+    for user, figures in record["per_user"].items():
+        print(
+            f"  {user:<4} groups {','.join(figures['groups']):<24} ndcg@10 {figures['ndcg@10'] or 0:.4f} "
+            f"recall@10 {figures['recall@10'] or 0:.4f} fidelity@10 {figures['fidelity@10'] or 0:.4f} "
+            f"leaks {figures['leaks']}"
+        )
+    latency = record["latency_ms"]
+    print("  latency ms " + "  ".join(f"{part} p50 {v['p50']:.1f} p95 {v['p95']:.1f}" for part, v in latency.items()))
+    print(f"  llm-judged: {record['llm_metrics']}")
+    print(f"saved {path}")
+    if record["leaks"]:
+        print(f"LEAKS: {record['leaks']} results outside their reader's ACL", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_eval_report(args: argparse.Namespace) -> int:
+    from api.evaluation import report
+
+    path, gate = report(
+        _eval_settings(), args.suite, baseline_id=args.baseline, out=Path(args.out) if args.out else None
+    )
+    print(f"report: {path}")
+    for failure in gate.failures:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    return 0 if gate.passed else 1
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    from api.worker import run_beat
+
+    return run_beat(get_settings(), loglevel=args.log_level)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from api.demo import run_demo  # the whole server stack, only for this command
 
@@ -254,6 +323,28 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=100)
     audit.add_argument("--url", default=None, help="server URL (default TESSERA_SERVER_URL)")
     audit.set_defaults(func=cmd_audit)
+
+    evaluation = sub.add_parser("eval", help="evaluation suites: relevance, retrieval time, leaks")
+    eval_sub = evaluation.add_subparsers(dest="action", required=True)
+    run = eval_sub.add_parser("run", help="run a suite on a fresh embedded Tessera and keep its results")
+    run.add_argument("suite", help="a dataset name under TESSERA_EVAL_DATASETS_DIR, or a path in BEIR layout")
+    run.add_argument("--no-acl", action="store_true", help="one group: every user sees every passage")
+    run.add_argument("--groups", type=int, default=8, help="groups the passages are spread over (default 8)")
+    run.add_argument("--users", type=int, default=4, help="restricted users besides `all` (default 4)")
+    run.add_argument("--seed", type=int, default=13)
+    run.add_argument("--top-k", type=int, default=50)
+    run.add_argument("--max-queries", type=int, default=None, help="a slice: this many queries...")
+    run.add_argument("--extra-passages", type=int, default=None, help="...their passages and this many others")
+    run.set_defaults(func=cmd_eval_run)
+    rep = eval_sub.add_parser("report", help="write the HTML report; exit 1 if the latest run fails the gate")
+    rep.add_argument("--suite", default=None, help="default: the suite of the latest run")
+    rep.add_argument("--baseline", default=None, help="a run id to compare against")
+    rep.add_argument("--out", default=None, help="default: <results dir>/report-<suite>.html")
+    rep.set_defaults(func=cmd_eval_report)
+
+    beat = sub.add_parser("beat", help="Celery beat: schedules the nightly eval runs (service mode)")
+    beat.add_argument("--log-level", default="INFO")
+    beat.set_defaults(func=cmd_beat)
 
     demo = sub.add_parser("demo", help="start a server, upload as two users, query as each")
     demo.add_argument("--docs", default="../shared/docs", help="the documents to upload (default ../shared/docs)")

@@ -6,6 +6,7 @@ be a Qdrant server: the embedded engine's directory can be held by one process o
 
 from __future__ import annotations
 
+from api.evaluation import register_nightly
 from api.runtime import Runtime
 from core.errors import ConfigError
 from core.schema import create_schema
@@ -28,12 +29,13 @@ def run_worker(
     if embedded_index and (pool != "solo" or (concurrency or 1) > 1):
         raise ConfigError("--embedded-index needs --pool solo: one process holds the embedded index")
     runtime = Runtime(settings)
+    register_nightly(runtime)
     create_schema(runtime.database)
     runtime.celery.worker_main(
         [
             "worker",
             "--queues",
-            INGEST_QUEUE,
+            f"{INGEST_QUEUE},tessera.evals",
             "--concurrency",
             str(concurrency or settings.worker_concurrency),
             "--loglevel",
@@ -44,4 +46,16 @@ def run_worker(
             "tessera@%h",
         ]
     )
+    return 0
+
+
+def run_beat(settings: Settings, *, loglevel: str) -> int:
+    """Celery beat: sends the nightly eval task at TESSERA_EVAL_NIGHTLY_AT (UTC) to the workers."""
+    if settings.queue != "redis":
+        raise ConfigError("tessera beat schedules work for Redis workers: set TESSERA_QUEUE=redis")
+    runtime = Runtime(settings)
+    register_nightly(runtime)
+    schedule_file = settings.data_dir / "celerybeat-schedule"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    runtime.celery.start(["beat", "--loglevel", loglevel, "--schedule", str(schedule_file)])
     return 0

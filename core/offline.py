@@ -14,6 +14,7 @@ _SWITCHES = {
     "DO_NOT_TRACK": "1",  # unstructured: no analytics ping on import or per partition call
     "SCARF_NO_ANALYTICS": "1",
     "UNSTRUCTURED_DISABLE_NOTICE": "1",
+    "RAGAS_DO_NOT_TRACK": "true",  # ragas: no usage event posted per metric call (nothing is sent on import)
     "TOKENIZERS_PARALLELISM": "false",  # no fork warnings from the Rust tokenizer under Celery's prefork
 }
 

@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     chunk_overlap_tokens: int = Field(default=20, ge=0, le=512)
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
 
+    # Evaluation suites (evals/): where datasets and run records live, the nightly schedule (service mode,
+    # Celery beat), and an optional OpenAI-compatible endpoint for the LLM-judged metrics.
+    eval_datasets_dir: Path = Path("../shared/datasets")
+    eval_results_dir: Path | None = None  # default: <data_dir>/evals
+    eval_suites: str = "dbpedia,business-reports"
+    eval_nightly_at: str = Field(default="02:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    eval_llm_base_url: str | None = None
+    eval_llm_model: str | None = None
+    eval_llm_api_key: SecretStr | None = None
+
     # The running server, for CLI commands that talk to it over HTTP.
     server_url: str = "http://127.0.0.1:8000"
 
@@ -86,6 +96,10 @@ class Settings(BaseSettings):
         if self.default_top_k > self.max_top_k:
             raise ValueError(f"{ENV_PREFIX}DEFAULT_TOP_K must not exceed {ENV_PREFIX}MAX_TOP_K")
         return self
+
+    @property
+    def eval_results_path(self) -> Path:
+        return self.eval_results_dir or self.data_dir / "evals"
 
     @property
     def max_upload_bytes(self) -> int:
