@@ -202,7 +202,7 @@ def run_suite(
             "search": latency_summary(search_ms),
             "total": latency_summary(total_ms),
         },
-        "llm_metrics": judge(llm, dataset, everyone),
+        "llm_metrics": judge(llm, dataset, everyone, target.embed),
         "queries": rows,
     }
 
