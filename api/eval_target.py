@@ -69,7 +69,7 @@ class RuntimeEvalTarget:
     def describe(self) -> dict[str, Any]:
         settings = self.runtime.settings
         return {
-            "index": "qdrant server" if settings.qdrant_url else "qdrant-client local mode",
+            "index": "qdrant server" if settings.qdrant_url else settings.embedded_engine,
             "queue": settings.queue,
             "chunk_tokens": settings.chunk_tokens,
             "chunk_overlap_tokens": settings.chunk_overlap_tokens,

@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     # How long Redis keeps a task unacknowledged before handing it to another worker (a worker that died).
     queue_visibility_timeout_s: int = Field(default=3600, ge=1)
 
-    # Vector index: a Qdrant server when qdrant_url is set, else Qdrant's embedded mode under data_dir.
+    # Vector index: a Qdrant server when qdrant_url is set; otherwise an engine in the process under data_dir:
+    # Qdrant Edge (HNSW and payload indexes), or qdrant-client's local mode (a Python brute force, for
+    # comparison).
+    embedded_engine: Literal["edge", "qdrant-local"] = "edge"
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     collection: str = Field(default="tessera_chunks", pattern=r"^[A-Za-z0-9_\-]{1,128}$")
@@ -112,6 +115,10 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
+
+    @property
+    def edge_path(self) -> Path:
+        return self.data_dir / "edge"
 
     @property
     def blob_dir(self) -> Path:

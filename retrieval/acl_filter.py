@@ -3,7 +3,8 @@
 Semantics (the rule, written next to the code):
 - must: payload `tenant` == principal.tenant
 - must: payload `acl` contains at least one of principal.acl_tokens()  (user:<sub>, group:<g>...)
-- must: payload `live` is true (a version still being written is seen by nobody)
+- must: payload `live` == 1 (a version still being written, 0, is seen by nobody). An integer, not a
+  boolean: Qdrant Edge's Python binding turns MatchValue(True) into MatchValue(1), which no bool matches.
 All clauses are always present; there is no caller-supplied filter to merge, and no way to ask for an
 unfiltered search. A principal that fails validation raises AccessError before any search runs. A principal
 no document admits simply matches nothing: zero results, not an error. Being a tenant admin changes nothing.
@@ -22,6 +23,8 @@ LIVE_FIELD = "live"
 DOCUMENT_FIELD = "document_id"
 VERSION_FIELD = "version"
 CHUNK_INDEX_FIELD = "chunk_index"
+LIVE = 1
+PENDING = 0
 
 
 def acl_filter(principal: Principal) -> models.Filter:
@@ -34,7 +37,7 @@ def acl_filter(principal: Principal) -> models.Filter:
         must=[
             models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=principal.tenant)),
             models.FieldCondition(key=ACL_FIELD, match=models.MatchAny(any=tokens)),
-            models.FieldCondition(key=LIVE_FIELD, match=models.MatchValue(value=True)),
+            models.FieldCondition(key=LIVE_FIELD, match=models.MatchValue(value=LIVE)),
         ]
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core.index import VectorIndex
 from core.settings import Settings
+from retrieval.edge_index import EdgeIndex
 from retrieval.qdrant_index import QdrantIndex
 
 
@@ -11,4 +12,6 @@ def create_index(settings: Settings) -> VectorIndex:
     if settings.qdrant_url:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return QdrantIndex(settings.collection, url=settings.qdrant_url, api_key=api_key)
+    if settings.embedded_engine == "edge":
+        return EdgeIndex(settings.edge_path)
     return QdrantIndex(settings.collection, path=settings.qdrant_path)

@@ -22,44 +22,17 @@ from retrieval.acl_filter import (
     ACL_FIELD,
     CHUNK_INDEX_FIELD,
     DOCUMENT_FIELD,
+    LIVE,
     LIVE_FIELD,
     TENANT_FIELD,
     VERSION_FIELD,
     acl_filter,
     document_filter,
 )
+from retrieval.payload import chunk_payload, search_hit
 
 _UPSERT_BATCH = 256
 T = TypeVar("T")
-
-
-def _payload(point: ChunkPoint) -> dict[str, Any]:
-    chunk = point.chunk
-    return {
-        TENANT_FIELD: point.tenant,
-        DOCUMENT_FIELD: point.document_id,
-        VERSION_FIELD: point.version,
-        LIVE_FIELD: False,  # made live by publish() once the whole version is written
-        CHUNK_INDEX_FIELD: chunk.index,
-        "text": chunk.text,
-        "source": {"file_name": point.file_name, "page": chunk.page, "section": chunk.section},
-        ACL_FIELD: list(point.acl_tokens),
-    }
-
-
-def _hit(point: models.ScoredPoint) -> SearchHit:
-    payload = point.payload or {}
-    source = payload.get("source") or {}
-    return SearchHit(
-        document_id=str(payload[DOCUMENT_FIELD]),
-        version=int(payload[VERSION_FIELD]),
-        chunk_index=int(payload[CHUNK_INDEX_FIELD]),
-        text=str(payload["text"]),
-        score=float(point.score),
-        file_name=str(source.get("file_name", "")),
-        page=source.get("page"),
-        section=source.get("section"),
-    )
 
 
 class QdrantIndex:
@@ -101,7 +74,7 @@ class QdrantIndex:
             for field, schema in (
                 (TENANT_FIELD, tenant_index),
                 (ACL_FIELD, models.PayloadSchemaType.KEYWORD),
-                (LIVE_FIELD, models.PayloadSchemaType.BOOL),
+                (LIVE_FIELD, models.PayloadSchemaType.INTEGER),
                 (DOCUMENT_FIELD, models.PayloadSchemaType.KEYWORD),
                 (VERSION_FIELD, models.PayloadSchemaType.INTEGER),
                 (CHUNK_INDEX_FIELD, models.PayloadSchemaType.INTEGER),
@@ -113,7 +86,7 @@ class QdrantIndex:
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         structs = [
             models.PointStruct(
-                id=point_id(p.document_id, p.version, p.chunk.index), vector=list(p.vector), payload=_payload(p)
+                id=point_id(p.document_id, p.version, p.chunk.index), vector=list(p.vector), payload=chunk_payload(p)
             )
             for p in points
         ]
@@ -125,7 +98,7 @@ class QdrantIndex:
         ids: list[models.ExtendedPointId] = [point_id(document_id, version, i) for i in range(chunk_count)]
         with self._lock:  # embedded: no query runs between the two steps
             self._call(
-                lambda: self._client.set_payload(self.collection, payload={LIVE_FIELD: True}, points=ids, wait=True)
+                lambda: self._client.set_payload(self.collection, payload={LIVE_FIELD: LIVE}, points=ids, wait=True)
             )
             if version > 1:
                 self._delete(document_filter(tenant, document_id, older_than=version))
@@ -159,7 +132,7 @@ class QdrantIndex:
                 self.collection, query=list(vector), query_filter=query_filter, limit=limit, with_payload=True
             )
         )
-        return newest_versions_only([_hit(point) for point in response.points])
+        return newest_versions_only([search_hit(point.payload or {}, point.score) for point in response.points])
 
     def vectors(self, tenant: str) -> list[StoredVector]:
         selection = models.Filter(must=[models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant))])
@@ -188,7 +161,7 @@ class QdrantIndex:
                         version=int(payload[VERSION_FIELD]),
                         chunk_index=int(payload[CHUNK_INDEX_FIELD]),
                         acl_tokens=tuple(payload[ACL_FIELD]),
-                        live=bool(payload[LIVE_FIELD]),
+                        live=payload[LIVE_FIELD] == LIVE,
                         vector=tuple(float(x) for x in vector),  # type: ignore[arg-type]
                     )
                 )

@@ -59,7 +59,7 @@ def main() -> None:
             "chunk_tokens": settings.chunk_tokens,
             "overlap": settings.chunk_overlap_tokens,
             "embed_batch": settings.embed_batch_size,
-            "index": "qdrant-client local mode",
+            "index": "qdrant server" if settings.qdrant_url else settings.embedded_engine,
         },
         "startup_s": round(startup_s, 2),
         **result,

@@ -173,12 +173,12 @@ def test_unauthenticated_requests_get_401_and_no_data(
     assert embedded.client.get(f"/v1/documents/{ids['eng-roadmap.txt']}", headers=headers).status_code == 401
 
 
-def test_payload_carries_tenant_document_chunk_text_source_and_acl(embedded: Served, ids: dict[str, str]) -> None:
-    client = embedded.runtime.index._client  # type: ignore[attr-defined]
-    points, _ = client.scroll(embedded.runtime.settings.collection, limit=100, with_payload=True)
-    by_document = {p.payload["document_id"]: p.payload for p in points}
-    payload = by_document[ids["for-carol.txt"]]
-    assert payload["tenant"] == "acme" and payload["chunk_index"] == 0
-    assert payload["acl"] == ["user:bob", "user:carol"]
-    assert payload["source"] == {"file_name": "for-carol.txt", "page": None, "section": None}
-    assert payload["text"] == DOCS[3].text
+def test_stored_chunks_carry_tenant_document_chunk_text_source_and_acl(embedded: Served, ids: dict[str, str]) -> None:
+    stored = [v for v in embedded.runtime.index.vectors("acme") if v.document_id == ids["for-carol.txt"]]
+    assert [(v.chunk_index, v.acl_tokens, v.live) for v in stored] == [(0, ("user:bob", "user:carol"), True)]
+    assert embedded.runtime.index.vectors("globex") and not any(
+        v.document_id == ids["for-carol.txt"] for v in embedded.runtime.index.vectors("globex")
+    )
+    hit = query(embedded.client, CAROL.headers, DOCS[3].text, top_k=1)["results"][0]
+    assert hit["document_id"] == ids["for-carol.txt"] and hit["chunk_index"] == 0 and hit["version"] == 1
+    assert (hit["text"], hit["file_name"], hit["page"], hit["section"]) == (DOCS[3].text, "for-carol.txt", None, None)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from api.runtime import Runtime
-from core.records import Chunk, ChunkPoint, DocumentStatus
+from core.records import Chunk, ChunkPoint, DocumentStatus, point_id
 from core.schema import create_schema
 from tests.helpers import auth, query, settings_for, upload, wait_final
 from tests.integration.conftest import serve
@@ -18,9 +18,11 @@ ALICE = auth("alice", groups=["eng"])
 
 
 def _point_ids(runtime: Runtime, document_id: str) -> list[str]:
-    client = runtime.index._client  # type: ignore[attr-defined]
-    points, _ = client.scroll(runtime.settings.collection, limit=10_000, with_payload=True)
-    return sorted(str(p.id) for p in points if p.payload["document_id"] == document_id)
+    return sorted(
+        point_id(v.document_id, v.version, v.chunk_index)
+        for v in runtime.index.vectors("acme")
+        if v.document_id == document_id
+    )
 
 
 def test_a_retried_task_leaves_no_duplicate_or_stale_points(tmp_path: Path, shared_docs: Path) -> None:

@@ -23,7 +23,7 @@ from core.audit import AuditAction
 from core.records import DocumentStatus, IngestStage
 from core.schema import create_schema
 from ingest.tasks import enqueue
-from retrieval.qdrant_index import QdrantIndex
+from retrieval.factory import create_index
 from tests.conftest import SECRET
 from tests.helpers import settings_for
 
@@ -110,7 +110,7 @@ def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_on
     assert record.status is DocumentStatus.READY, log.read_text()[-3000:]
     assert record.attempts == 2 and record.chunk_count > 50
 
-    index = QdrantIndex(settings.collection, path=settings.qdrant_path)  # the workers are gone: open it here
+    index = create_index(settings)  # the workers are gone: open it here
     try:
         assert index.count_document("acme", document_id) == record.chunk_count  # no duplicate chunks
     finally:

@@ -65,7 +65,7 @@ def test_filter_always_carries_tenant_acl_and_live_clauses(is_admin: bool) -> No
     conditions = {c.key: c.match for c in built.must if isinstance(c, models.FieldCondition)}
     assert conditions["tenant"] == models.MatchValue(value="acme")
     assert conditions["acl"] == models.MatchAny(any=["user:alice", "group:eng"])
-    assert conditions["live"] == models.MatchValue(value=True)
+    assert conditions["live"] == models.MatchValue(value=1)
     assert len(built.must) == 3
 
 

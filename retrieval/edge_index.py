@@ -1,0 +1,177 @@
+"""The Qdrant Edge adapter of the VectorIndex port: Qdrant's own engine in-process (HNSW, payload indexes,
+a write-ahead log) under the data directory. The embedded default; one process holds the directory.
+
+Filters are built once, by retrieval/acl_filter.py, as qdrant-client models, and translated here
+condition by condition; anything the translation does not know is an error, never dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as edge
+from qdrant_client import models
+
+from core.access import Principal
+from core.errors import Unavailable
+from core.index import newest_versions_only
+from core.records import ChunkPoint, SearchHit, StoredVector, point_id
+from retrieval.acl_filter import (
+    ACL_FIELD,
+    CHUNK_INDEX_FIELD,
+    DOCUMENT_FIELD,
+    LIVE,
+    LIVE_FIELD,
+    TENANT_FIELD,
+    VERSION_FIELD,
+    acl_filter,
+    document_filter,
+)
+from retrieval.payload import chunk_payload, search_hit
+
+_UPSERT_BATCH = 1024
+
+
+def _condition(condition: Any) -> edge.FieldCondition:
+    if not isinstance(condition, models.FieldCondition):
+        raise ValueError(f"cannot translate filter condition {condition!r} for Qdrant Edge")
+    if isinstance(condition.match, models.MatchValue) and condition.range is None:
+        return edge.FieldCondition(condition.key, match=edge.MatchValue(condition.match.value))
+    if isinstance(condition.match, models.MatchAny) and condition.range is None:
+        return edge.FieldCondition(condition.key, match=edge.MatchAny(list(condition.match.any)))  # type: ignore[arg-type]
+    if isinstance(condition.range, models.Range) and condition.match is None:
+        r = condition.range
+        return edge.FieldCondition(condition.key, range=edge.RangeFloat(gt=r.gt, gte=r.gte, lt=r.lt, lte=r.lte))
+    raise ValueError(f"cannot translate filter condition {condition!r} for Qdrant Edge")
+
+
+def to_edge_filter(selection: models.Filter) -> edge.Filter:
+    """Translate a must-only filter of field conditions; refuse anything else."""
+    if selection.should or selection.must_not or selection.min_should:
+        raise ValueError("only must-conditions are translated for Qdrant Edge")
+    must = selection.must if isinstance(selection.must, list) else [selection.must] if selection.must else []
+    return edge.Filter(must=[_condition(c) for c in must])
+
+
+class EdgeIndex:
+    """VectorIndex on Qdrant Edge. Engine errors surface as Unavailable."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()  # publish's two steps run with no query between them
+        self._shard: edge.EdgeShard | None = None
+        if path.exists() and any(path.iterdir()):
+            self._shard = self._guard(lambda: edge.EdgeShard.load(str(path)))
+
+    @staticmethod
+    def _guard(operation: Any) -> Any:
+        try:
+            return operation()
+        except (OSError, RuntimeError) as exc:
+            raise Unavailable(f"the vector index is unavailable: {exc}") from exc
+
+    @property
+    def shard(self) -> edge.EdgeShard:
+        if self._shard is None:
+            raise Unavailable("the vector index has no collection yet (ensure_ready was not called)")
+        return self._shard
+
+    def _update(self, operation: edge.UpdateOperation) -> None:
+        with self._lock:
+            self._guard(lambda: self.shard.update(operation))
+
+    def ensure_ready(self, dimension: int) -> None:
+        with self._lock:
+            if self._shard is None:
+                self.path.mkdir(parents=True, exist_ok=True)
+                config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=dimension, distance=edge.Distance.Cosine))
+                self._shard = self._guard(lambda: edge.EdgeShard.create(str(self.path), config))
+                for field, schema in (
+                    (TENANT_FIELD, edge.KeywordIndexParams(is_tenant=True)),
+                    (ACL_FIELD, edge.PayloadSchemaType.Keyword),
+                    (LIVE_FIELD, edge.PayloadSchemaType.Integer),
+                    (DOCUMENT_FIELD, edge.PayloadSchemaType.Keyword),
+                    (VERSION_FIELD, edge.PayloadSchemaType.Integer),
+                    (CHUNK_INDEX_FIELD, edge.PayloadSchemaType.Integer),
+                ):
+                    self._update(edge.UpdateOperation.create_field_index(field, schema))
+
+    def upsert(self, points: Sequence[ChunkPoint]) -> None:
+        structs = [
+            edge.Point(point_id(p.document_id, p.version, p.chunk.index), list(p.vector), chunk_payload(p))
+            for p in points
+        ]
+        for start in range(0, len(structs), _UPSERT_BATCH):
+            self._update(edge.UpdateOperation.upsert_points(structs[start : start + _UPSERT_BATCH]))
+
+    def publish(self, tenant: str, document_id: str, version: int, chunk_count: int) -> None:
+        ids: list[str] = [point_id(document_id, version, i) for i in range(chunk_count)]
+        with self._lock:
+            self._update(edge.UpdateOperation.set_payload(ids, {LIVE_FIELD: LIVE}))  # type: ignore[arg-type]
+            if version > 1:
+                self._delete(document_filter(tenant, document_id, older_than=version))
+
+    def set_acl(self, tenant: str, document_id: str, acl_tokens: Sequence[str]) -> None:
+        selection = to_edge_filter(document_filter(tenant, document_id))
+        self._update(edge.UpdateOperation.set_payload_by_filter(selection, {ACL_FIELD: list(acl_tokens)}))
+
+    def delete_document(self, tenant: str, document_id: str) -> None:
+        self._delete(document_filter(tenant, document_id))
+
+    def delete_version(self, tenant: str, document_id: str, version: int, from_chunk: int = 0) -> None:
+        self._delete(document_filter(tenant, document_id, version=version, from_chunk=from_chunk))
+
+    def _delete(self, selection: models.Filter) -> None:
+        self._update(edge.UpdateOperation.delete_points_by_filter(to_edge_filter(selection)))
+
+    def count_document(self, tenant: str, document_id: str, version: int | None = None) -> int:
+        request = edge.CountRequest(
+            exact=True, filter=to_edge_filter(document_filter(tenant, document_id, version=version))
+        )
+        with self._lock:
+            return int(self._guard(lambda: self.shard.count(request)))
+
+    def search(self, principal: Principal, vector: Sequence[float], limit: int) -> list[SearchHit]:
+        selection = to_edge_filter(acl_filter(principal))  # raises before the engine is asked anything
+        request = edge.QueryRequest(
+            limit=limit, query=edge.Query.Nearest(list(vector)), filter=selection, with_payload=True
+        )
+        with self._lock:
+            points = self._guard(lambda: self.shard.query(request))
+        return newest_versions_only([search_hit(p.payload or {}, p.score) for p in points])
+
+    def vectors(self, tenant: str) -> list[StoredVector]:
+        selection = edge.Filter(must=[edge.FieldCondition(TENANT_FIELD, match=edge.MatchValue(tenant))])
+        stored: list[StoredVector] = []
+        offset = None
+        while True:
+            request = edge.ScrollRequest(
+                offset=offset, limit=1024, filter=selection, with_payload=True, with_vector=True
+            )
+            with self._lock:
+                page, offset = self._guard(partial(self.shard.scroll, request))
+            for record in page:
+                payload = record.payload or {}
+                stored.append(
+                    StoredVector(
+                        document_id=str(payload[DOCUMENT_FIELD]),
+                        version=int(payload[VERSION_FIELD]),
+                        chunk_index=int(payload[CHUNK_INDEX_FIELD]),
+                        acl_tokens=tuple(payload[ACL_FIELD]),
+                        live=payload[LIVE_FIELD] == LIVE,
+                        vector=tuple(float(x) for x in record.vector),  # type: ignore[union-attr]
+                    )
+                )
+            if offset is None:
+                return stored
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shard is not None:
+                self._shard.flush()
+                self._shard.close()
+                self._shard = None
