@@ -31,7 +31,7 @@ from retrieval.acl_filter import (
     acl_filter,
     document_filter,
 )
-from retrieval.payload import chunk_payload, search_hit
+from retrieval.payload import chunk_payload, search_hit, stored_vector
 
 _UPSERT_BATCH = 1024
 
@@ -157,14 +157,7 @@ class EdgeIndex:
             for record in page:
                 payload = record.payload or {}
                 stored.append(
-                    StoredVector(
-                        document_id=str(payload[DOCUMENT_FIELD]),
-                        version=int(payload[VERSION_FIELD]),
-                        chunk_index=int(payload[CHUNK_INDEX_FIELD]),
-                        acl_tokens=tuple(payload[ACL_FIELD]),
-                        live=payload[LIVE_FIELD] == LIVE,
-                        vector=tuple(float(x) for x in record.vector),  # type: ignore[union-attr]
-                    )
+                    stored_vector(payload, record.vector)  # type: ignore[arg-type]
                 )
             if offset is None:
                 return stored

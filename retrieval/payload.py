@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.records import ChunkPoint, SearchHit
+from core.records import ChunkPoint, SearchHit, StoredVector
 from retrieval.acl_filter import (
     ACL_FIELD,
     CHUNK_INDEX_FIELD,
     DOCUMENT_FIELD,
+    LIVE,
     LIVE_FIELD,
     PENDING,
     TENANT_FIELD,
@@ -42,4 +43,15 @@ def search_hit(payload: Mapping[str, Any], score: float) -> SearchHit:
         file_name=str(source.get("file_name", "")),
         page=source.get("page"),
         section=source.get("section"),
+    )
+
+
+def stored_vector(payload: Mapping[str, Any], vector: Sequence[float]) -> StoredVector:
+    return StoredVector(
+        document_id=str(payload[DOCUMENT_FIELD]),
+        version=int(payload[VERSION_FIELD]),
+        chunk_index=int(payload[CHUNK_INDEX_FIELD]),
+        acl_tokens=tuple(payload[ACL_FIELD]),
+        live=payload[LIVE_FIELD] == LIVE,
+        vector=tuple(float(x) for x in vector),
     )

@@ -29,7 +29,7 @@ from retrieval.acl_filter import (
     acl_filter,
     document_filter,
 )
-from retrieval.payload import chunk_payload, search_hit
+from retrieval.payload import chunk_payload, search_hit, stored_vector
 
 _UPSERT_BATCH = 256
 T = TypeVar("T")
@@ -156,14 +156,7 @@ class QdrantIndex:
                 if not isinstance(vector, list):
                     raise TypeError("expected one unnamed dense vector per point")
                 stored.append(
-                    StoredVector(
-                        document_id=str(payload[DOCUMENT_FIELD]),
-                        version=int(payload[VERSION_FIELD]),
-                        chunk_index=int(payload[CHUNK_INDEX_FIELD]),
-                        acl_tokens=tuple(payload[ACL_FIELD]),
-                        live=payload[LIVE_FIELD] == LIVE,
-                        vector=tuple(float(x) for x in vector),  # type: ignore[arg-type]
-                    )
+                    stored_vector(payload, vector)  # type: ignore[arg-type]
                 )
             if offset is None:
                 return stored
