@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,10 +12,9 @@ from api.runtime import Runtime
 from core.access import Principal
 from core.audit import AuditAction
 from core.errors import AuthError, Forbidden, NotFound
-from core.records import DocumentRecord, DocumentStatus
+from core.records import DocumentRecord, DocumentStatus, is_document_id
 
 _bearer = HTTPBearer(auto_error=False, description="a JWT (claims sub, tenant, groups, exp) or an API key")
-_DOCUMENT_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -38,7 +36,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_admin(principal: PrincipalDep, runtime: RuntimeDep) -> Principal:
+def get_admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise Forbidden("this needs the tessera_admin role")
     return principal
@@ -54,7 +52,7 @@ def managed_document(runtime: Runtime, principal: Principal, document_id: str, a
     not change it.
     """
     missing = NotFound(f"document {document_id} not found")
-    if not _DOCUMENT_ID.match(document_id):
+    if not is_document_id(document_id):
         raise missing
     try:
         record = runtime.registry.get(document_id)
@@ -71,6 +69,6 @@ def managed_document(runtime: Runtime, principal: Principal, document_id: str, a
 
 
 def visible_document(runtime: Runtime, principal: Principal, document_id: str) -> DocumentRecord:
-    if not _DOCUMENT_ID.match(document_id):
+    if not is_document_id(document_id):
         raise NotFound(f"document {document_id} not found")
     return runtime.registry.get_visible(principal, document_id)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from core.errors import TooLarge
+from core.records import is_document_id
 
-_DOCUMENT_ID = re.compile(r"^[0-9a-f]{32}$")
 _COPY_BLOCK = 1 << 20
 
 
@@ -31,7 +30,7 @@ class BlobStore:
         self.root = root
 
     def path_for(self, document_id: str, version: int) -> Path:
-        if not _DOCUMENT_ID.match(document_id) or version < 1:
+        if not is_document_id(document_id) or version < 1:
             raise ValueError(f"not a document version: {document_id!r} v{version}")
         return self.root / f"{document_id}.v{version}"
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -60,10 +60,6 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self.guard(), self._sessions.begin() as session:
             yield session
-
-    def ping(self) -> None:
-        with self.session() as session:
-            session.execute(select(1))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 # Fixed namespace: point ids must be identical across processes, restarts and versions.
 _POINT_NAMESPACE = uuid.UUID("8f0c6a52-3b0e-4f4e-9d55-1a7d1e4e7c31")
+
+
+_DOCUMENT_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_document_id(value: str) -> bool:
+    """Document ids are 32 lowercase hex characters (a UUID4 without dashes)."""
+    return bool(_DOCUMENT_ID.fullmatch(value))
 
 
 def point_id(document_id: str, version: int, chunk_index: int) -> str:

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -147,7 +146,7 @@ def run_suite(
             ranked = collapse_to_passages(chunk_passages)
             qrels = {p: g for p, g in dataset.qrels[query_id].items() if p in allowed_passages}
             returned_keys = [f"{hit.document_id}:{hit.chunk_index}" for hit in timed.hits]
-            exact = _exact_top(target.embed(text), matrix, keys, allowed_chunks, FIDELITY_K)
+            exact = _exact_top(np.asarray(timed.vector, dtype=np.float32), matrix, keys, allowed_chunks, FIDELITY_K)
             relevant_ids = [p for p, g in qrels.items() if g > 0]
             row: dict[str, Any] = {
                 "query_id": query_id,
@@ -205,7 +204,3 @@ def run_suite(
         "llm_metrics": judge(llm, dataset, everyone, target.embed),
         "queries": rows,
     }
-
-
-def default_results_dir(data_dir: Path) -> Path:
-    return data_dir / "evals"

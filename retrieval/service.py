@@ -17,6 +17,7 @@ from retrieval.prompt import BuiltPrompt, build_prompt
 @dataclass(frozen=True)
 class TimedSearch:
     hits: list[SearchHit]
+    vector: list[float]  # the query vector searched with
     embed_s: float
     search_s: float
 
@@ -42,7 +43,9 @@ class Retriever:
         vector = [float(x) for x in self.embedder.encode([question])[0]]
         embedded = time.perf_counter()
         hits = self.index.search(principal, vector, top_k)
-        return TimedSearch(hits=hits, embed_s=embedded - started, search_s=time.perf_counter() - embedded)
+        return TimedSearch(
+            hits=hits, vector=vector, embed_s=embedded - started, search_s=time.perf_counter() - embedded
+        )
 
     def query(self, principal: Principal, question: str, top_k: int, max_context_tokens: int) -> QueryResult:
         hits = self.search(principal, question, top_k)
