@@ -12,6 +12,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -166,7 +167,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        answer = client.query(args.text, top_k=args.top_k, max_context_tokens=args.max_context_tokens)
+        answer = client.query(args.text, top_k=args.top_k, max_context_tokens=args.max_context_tokens, mode=args.mode)
     if not answer["results"]:
         print("no results: nothing this user may read matches")
     for rank, hit in enumerate(answer["results"], 1):
@@ -192,6 +193,7 @@ def _eval_settings() -> Settings:
 
 def cmd_eval_run(args: argparse.Namespace) -> int:
     from api.evaluation import run_evaluation  # the model stack, only for this command
+    from core.index import SearchMode
     from evals.suite import SuiteOptions
 
     bars: dict[str, tqdm[None]] = {}
@@ -201,9 +203,13 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
         bar.update(done - bar.n)
 
     options = SuiteOptions(
-        acl_groups=1 if args.no_acl else args.groups, acl_users=args.users, seed=args.seed, top_k=args.top_k
+        acl_groups=1 if args.no_acl else args.groups,
+        acl_users=args.users,
+        seed=args.seed,
+        top_k=args.top_k,
+        modes=tuple(SearchMode(mode) for mode in args.modes),
     )
-    record, path = run_evaluation(
+    saved = run_evaluation(
         _eval_settings(),
         args.suite,
         options,
@@ -213,30 +219,40 @@ def cmd_eval_run(args: argparse.Namespace) -> int:
     )
     for bar in bars.values():
         bar.close()
-    metrics = record["metrics"]
-    print(f"run {record['run_id']}: {record['index_size']}")
-    print("  " + "  ".join(f"{name} {value:.4f}" for name, value in metrics.items() if value is not None))
+    leaks = 0
+    for record, path in saved:
+        _print_run(record)
+        print(f"saved {path}")
+        leaks += record["leaks"]
+    if leaks:
+        print(f"LEAKS: {leaks} results outside their reader's ACL", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_run(record: dict[str, Any]) -> None:
+    print(f"run {record['run_id']} ({record['mode']}): {record['index_size']}")
+    print("  " + "  ".join(f"{name} {value:.4f}" for name, value in record["metrics"].items() if value is not None))
     for user, figures in record["per_user"].items():
+        fidelity = "-" if figures["fidelity@10"] is None else f"{figures['fidelity@10']:.4f}"
         print(
             f"  {user:<4} groups {','.join(figures['groups']):<24} ndcg@10 {figures['ndcg@10'] or 0:.4f} "
-            f"recall@10 {figures['recall@10'] or 0:.4f} fidelity@10 {figures['fidelity@10'] or 0:.4f} "
-            f"leaks {figures['leaks']}"
+            f"recall@10 {figures['recall@10'] or 0:.4f} fidelity@10 {fidelity} leaks {figures['leaks']}"
         )
     latency = record["latency_ms"]
     print("  latency ms " + "  ".join(f"{part} p50 {v['p50']:.1f} p95 {v['p95']:.1f}" for part, v in latency.items()))
     print(f"  llm-judged: {record['llm_metrics']}")
-    print(f"saved {path}")
-    if record["leaks"]:
-        print(f"LEAKS: {record['leaks']} results outside their reader's ACL", file=sys.stderr)
-        return 1
-    return 0
 
 
 def cmd_eval_report(args: argparse.Namespace) -> int:
     from api.evaluation import report
 
     path, gate = report(
-        _eval_settings(), args.suite, baseline_id=args.baseline, out=Path(args.out) if args.out else None
+        _eval_settings(),
+        args.suite,
+        baseline_id=args.baseline,
+        out=Path(args.out) if args.out else None,
+        mode=args.mode,
     )
     print(f"report: {path}")
     for failure in gate.failures:
@@ -269,7 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run Celery ingestion workers on Redis (service mode)")
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--log-level", default="INFO")
-    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument(
+        "--pool",
+        default="threads",
+        choices=["threads", "solo", "prefork"],
+        help="threads (default): one model per process, documents embedded together; prefork: a model per child",
+    )
     worker.add_argument(
         "--embedded-index",
         action="store_true",
@@ -291,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     _identity(query)
     query.add_argument("--top-k", type=int, default=None)
     query.add_argument("--max-context-tokens", type=int, default=None)
+    query.add_argument(
+        "--mode", choices=["dense", "sparse", "hybrid"], default=None, help="default: TESSERA_DEFAULT_SEARCH_MODE"
+    )
     query.add_argument("--show-prompt", action="store_true")
     query.add_argument("--url", default=None, help="server URL (default TESSERA_SERVER_URL)")
     query.set_defaults(func=cmd_query)
@@ -335,11 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-k", type=int, default=50)
     run.add_argument("--max-queries", type=int, default=None, help="a slice: this many queries...")
     run.add_argument("--extra-passages", type=int, default=None, help="...their passages and this many others")
+    run.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["dense", "sparse", "hybrid"],
+        default=["dense", "sparse", "hybrid"],
+        help="search modes to query in, one run record each, over one ingestion (default: all three)",
+    )
     run.set_defaults(func=cmd_eval_run)
     rep = eval_sub.add_parser("report", help="write the HTML report; exit 1 if the latest run fails the gate")
     rep.add_argument("--suite", default=None, help="default: the suite of the latest run")
     rep.add_argument("--baseline", default=None, help="a run id to compare against")
-    rep.add_argument("--out", default=None, help="default: <results dir>/report-<suite>.html")
+    rep.add_argument("--mode", default=None, help="the runs of this search mode (default TESSERA_DEFAULT_SEARCH_MODE)")
+    rep.add_argument("--out", default=None, help="default: <results dir>/report-<suite>-<mode>.html")
     rep.set_defaults(func=cmd_eval_report)
 
     beat = sub.add_parser("beat", help="Celery beat: schedules the nightly eval runs (service mode)")
@@ -349,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a server, upload as two users, query as each")
     demo.add_argument("--docs", default="../shared/docs", help="the documents to upload (default ../shared/docs)")
     demo.set_defaults(func=cmd_demo)
+
     return parser
 
 

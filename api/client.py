@@ -83,8 +83,17 @@ class TesseraClient:
                 time.sleep(0.25)
         return final
 
-    def query(self, question: str, *, top_k: int | None = None, max_context_tokens: int | None = None) -> Any:
+    def query(
+        self,
+        question: str,
+        *,
+        top_k: int | None = None,
+        max_context_tokens: int | None = None,
+        mode: str | None = None,
+    ) -> Any:
         body: dict[str, Any] = {"query": question}
+        if mode is not None:
+            body["mode"] = mode
         if top_k is not None:
             body["top_k"] = top_k
         if max_context_tokens is not None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from api.runtime import Runtime
 from core.access import DocumentAcl, Principal
+from core.index import SearchMode
 from core.records import DocumentStatus, StoredVector
 from evals.datasets import Passage
 from retrieval.service import TimedSearch
@@ -56,8 +57,8 @@ class RuntimeEvalTarget:
             if runtime.registry.get(document_id).status is DocumentStatus.READY
         }
 
-    def search(self, principal: Principal, question: str, top_k: int) -> TimedSearch:
-        return self.runtime.retriever.timed_search(principal, question, top_k)
+    def search(self, principal: Principal, question: str, top_k: int, mode: SearchMode) -> TimedSearch:
+        return self.runtime.retriever.timed_search(principal, question, top_k, mode)
 
     def embed(self, text: str) -> np.ndarray:
         vector: np.ndarray = self.runtime.embedder.encode([text])[0]
@@ -74,5 +75,6 @@ class RuntimeEvalTarget:
             "chunk_tokens": settings.chunk_tokens,
             "chunk_overlap_tokens": settings.chunk_overlap_tokens,
             "embed_batch_size": settings.embed_batch_size,
+            "embed_backend": settings.embed_backend,
             "model": "all-MiniLM-L6-v2",
         }

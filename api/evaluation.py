@@ -19,6 +19,7 @@ import evals
 from api.eval_target import RuntimeEvalTarget
 from api.runtime import Runtime
 from core.errors import ConfigError
+from core.index import SearchMode
 from core.settings import Settings
 from evals.datasets import load_beir
 from evals.gate import GateResult, check, load_thresholds
@@ -59,8 +60,8 @@ def run_evaluation(
     max_queries: int | None = None,
     extra_passages: int | None = None,
     progress: Progress = lambda stage, done, total: None,
-) -> tuple[dict[str, Any], Path]:
-    """Run one suite on a fresh embedded Tessera; returns the run record and where it was saved."""
+) -> list[tuple[dict[str, Any], Path]]:
+    """Run one suite on a fresh embedded Tessera; returns each mode's run record and where it was saved."""
     dataset = load_beir(dataset_path(settings, suite), max_queries=max_queries, extra_passages=extra_passages)
     with tempfile.TemporaryDirectory(prefix="tessera-eval-") as scratch:
         isolated = settings.model_copy(
@@ -70,31 +71,38 @@ def run_evaluation(
         runtime.start()
         try:
             target = RuntimeEvalTarget(runtime, tenant=f"eval-{dataset.name}")
-            record = run_suite(dataset, target, options, llm=llm_settings(settings), progress=progress)
+            records = run_suite(dataset, target, options, llm=llm_settings(settings), progress=progress)
         finally:
             runtime.stop()
-    path = save_run(settings.eval_results_path, record)
-    log.info("eval %s: saved %s", suite, path)
-    return record, path
+    saved = [(record, save_run(settings.eval_results_path, record)) for record in records]
+    for _, path in saved:
+        log.info("eval %s: saved %s", suite, path)
+    return saved
+
+
+def run_mode(run: dict[str, Any]) -> str:
+    return str(run.get("mode", SearchMode.DENSE.value))  # runs from before search modes were all dense
 
 
 def report(
-    settings: Settings, suite: str | None, *, baseline_id: str | None, out: Path | None
+    settings: Settings, suite: str | None, *, baseline_id: str | None, out: Path | None, mode: str | None = None
 ) -> tuple[Path, GateResult]:
-    """Write the HTML report of a suite's runs and check the latest against the thresholds."""
+    """Write the HTML report of a suite's runs in one search mode (default: the serving default) and check
+    the latest against the previous run of the same mode."""
     runs = load_runs(settings.eval_results_path)
     if not runs:
         raise ConfigError(f"no eval runs under {settings.eval_results_path}: run `tessera eval run SUITE` first")
     suite = suite or runs[-1]["suite"]
-    runs = [r for r in runs if r["suite"] == suite]
+    mode = mode or settings.default_search_mode
+    runs = [r for r in runs if r["suite"] == suite and run_mode(r) == mode]
     if not runs:
-        raise ConfigError(f"no runs of suite {suite!r} under {settings.eval_results_path}")
+        raise ConfigError(f"no {mode} runs of suite {suite!r} under {settings.eval_results_path}")
     baseline = None
     if baseline_id:
         baseline = next((r for r in runs if r["run_id"] == baseline_id), None)
         if baseline is None:
             raise ConfigError(f"no run {baseline_id!r} of suite {suite!r}")
-    path = write_report(runs, out or settings.eval_results_path / f"report-{suite}.html", baseline=baseline)
+    path = write_report(runs, out or settings.eval_results_path / f"report-{suite}-{mode}.html", baseline=baseline)
     previous = runs[-2] if len(runs) > 1 else None
     return path, check(runs[-1], previous, load_thresholds(THRESHOLDS))
 
@@ -111,11 +119,12 @@ def register_nightly(runtime: Runtime) -> None:
     def nightly() -> dict[str, Any]:
         results: dict[str, Any] = {}
         for suite in [s.strip() for s in settings.eval_suites.split(",") if s.strip()]:
-            record, _ = run_evaluation(settings, suite, SuiteOptions())
-            _, gate = report(settings, suite, baseline_id=None, out=None)
-            results[suite] = {"run": record["run_id"], "leaks": record["leaks"], "gate": gate.passed}
-            if not gate.passed:
-                log.error("nightly eval %s failed its gate: %s", suite, "; ".join(gate.failures))
+            for record, _ in run_evaluation(settings, suite, SuiteOptions()):
+                mode = run_mode(record)
+                _, gate = report(settings, suite, baseline_id=None, out=None, mode=mode)
+                results[f"{suite}/{mode}"] = {"run": record["run_id"], "leaks": record["leaks"], "gate": gate.passed}
+                if not gate.passed:
+                    log.error("nightly eval %s (%s) failed its gate: %s", suite, mode, "; ".join(gate.failures))
         return results
 
     hour, minute = (int(part) for part in settings.eval_nightly_at.split(":"))

@@ -75,7 +75,10 @@ class Runtime:
 
     @cached_property
     def embedder(self) -> Embedder:
-        return Embedder(batch_size=self.settings.embed_batch_size)
+        settings = self.settings
+        return Embedder(
+            batch_size=settings.embed_batch_size, backend=settings.embed_backend, model_cache_dir=settings.model_dir
+        )
 
     @cached_property
     def encoding(self) -> tiktoken.Encoding:
@@ -117,7 +120,7 @@ class Runtime:
         """Start serving: storage ready and, in the embedded default, the in-process worker running."""
         self.prepare_storage()
         if self.settings.queue == "embedded":
-            self._worker = EmbeddedWorker(self.celery)
+            self._worker = EmbeddedWorker(self.celery, self.settings.worker_concurrency)
             self._worker.start()
             self.requeue_unfinished()
 
@@ -144,10 +147,12 @@ class Runtime:
 
 
 class EmbeddedWorker:
-    """A Celery worker (solo pool) running in a thread of this process, as celery.contrib.testing does."""
+    """A Celery worker running in a thread of this process, as celery.contrib.testing does, with a pool of
+    `concurrency` threads that share the process's model."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, concurrency: int) -> None:
         self._app = app
+        self._concurrency = concurrency
         self._controller: WorkController | None = None
         self._thread: threading.Thread | None = None
 
@@ -158,8 +163,8 @@ class EmbeddedWorker:
         self._app.set_default()
         self._controller = WorkController(
             app=self._app,
-            pool="solo",
-            concurrency=1,
+            pool="threads",
+            concurrency=self._concurrency,
             queues=[INGEST_QUEUE],
             without_heartbeat=True,
             without_mingle=True,

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.access import DocumentAcl
 from core.apikeys import ApiKeyRecord
 from core.audit import AuditRecord
+from core.index import SearchMode
 from core.records import DocumentRecord, DocumentStatus, IngestStage
 
 
@@ -149,6 +150,10 @@ class QueryIn(BaseModel):
     max_context_tokens: int | None = Field(
         default=None, ge=64, le=200_000, description="budget of the whole prompt, in cl100k_base tokens"
     )
+    mode: SearchMode | None = Field(
+        default=None,
+        description="dense (embeddings), sparse (BM25) or hybrid (both, fused by reciprocal rank); default hybrid",
+    )
 
 
 class ChunkOut(BaseModel):
@@ -165,6 +170,7 @@ class ChunkOut(BaseModel):
 
 class QueryOut(BaseModel):
     query: str
+    mode: SearchMode
     results: list[ChunkOut]
     prompt: str
     prompt_tokens: int

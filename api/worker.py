@@ -15,7 +15,7 @@ from ingest.tasks import INGEST_QUEUE
 
 
 def run_worker(
-    settings: Settings, *, concurrency: int | None, loglevel: str, pool: str = "prefork", embedded_index: bool = False
+    settings: Settings, *, concurrency: int | None, loglevel: str, pool: str = "threads", embedded_index: bool = False
 ) -> int:
     """Consume the Redis queue until stopped. `embedded_index` lets this one process hold the embedded
     index under the data directory (a single worker, and no API on the same directory)."""
@@ -26,8 +26,8 @@ def run_worker(
             "tessera worker needs a Qdrant server (TESSERA_QDRANT_URL): the embedded index under "
             "TESSERA_DATA_DIR is held by the API process (or pass --embedded-index to a single worker)"
         )
-    if embedded_index and (pool != "solo" or (concurrency or 1) > 1):
-        raise ConfigError("--embedded-index needs --pool solo: one process holds the embedded index")
+    if embedded_index and pool == "prefork":
+        raise ConfigError("--embedded-index needs --pool threads or solo: one process holds the embedded index")
     runtime = Runtime(settings)
     register_nightly(runtime)
     create_schema(runtime.database)

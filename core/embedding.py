@@ -2,6 +2,11 @@
 
 Both ingestion (chunks) and retrieval (queries) embed with the same model and normalisation, so the
 vectors are comparable by cosine similarity.
+
+Concurrent callers share model calls: while the model encodes one batch, the requests that arrive wait,
+and the next batch takes all of them at once (up to `max_batch_texts`). A caller alone is encoded at once,
+with no waiting window; under load, queries from many clients and chunks from many documents are embedded
+together, which is what makes a CPU model fast (one query alone: ~7 ms; in a batch of 32: ~2 ms each).
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -18,51 +26,165 @@ from core.assets import embedding_model_dir
 
 # all-MiniLM-L6-v2 reads at most 256 word pieces; longer input is truncated by the model.
 MODEL_MAX_WORD_PIECES = 256
+DEFAULT_MAX_BATCH_TEXTS = 256
+
+Backend = Literal["torch", "onnx-int8"]
 
 
-class Embedder:
-    """Encodes texts into unit-length float32 vectors. Thread-safe; loads the model on first use."""
+class EncoderModel(Protocol):
+    """What a model backend provides; `encode` returns unit-length float32 vectors."""
 
-    def __init__(self, batch_size: int = 32, device: str = "cpu") -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        self.batch_size = batch_size
-        self.device = device
-        self._model: SentenceTransformer | None = None
-        self._lock = threading.Lock()
+    @property
+    def dimension(self) -> int: ...
 
-    def warm_up(self) -> None:
-        self._get_model()
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray: ...
 
-    def _get_model(self) -> SentenceTransformer:
-        if self._model is None:
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
-            self._model = SentenceTransformer(str(embedding_model_dir()), device=self.device, local_files_only=True)
-        return self._model
+    def token_count(self, text: str) -> int: ...
+
+
+class TorchEncoder:
+    """sentence-transformers in fp32 on the CPU (or fp16 on CUDA where present)."""
+
+    def __init__(self, device: str) -> None:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self._model = SentenceTransformer(str(embedding_model_dir()), device=device, local_files_only=True)
+        if device.startswith("cuda"):
+            self._model.half()
 
     @property
     def dimension(self) -> int:
-        with self._lock:
-            dimension = self._get_model().get_embedding_dimension()
+        dimension = self._model.get_embedding_dimension()
         if dimension is None:
             raise RuntimeError("the embedding model does not report its dimension")
         return int(dimension)
 
+    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        # sentence-transformers sorts by length inside encode, so batches pad little.
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def token_count(self, text: str) -> int:
+        return len(self._model.tokenizer.tokenize(text))
+
+
+@dataclass
+class _Request:
+    texts: list[str]
+    done: bool = False
+    vectors: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Embedder:
+    """Encodes texts into unit-length float32 vectors. Thread-safe; loads the model on first use; concurrent
+    calls are coalesced into shared model calls."""
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        device: str | None = None,
+        backend: Backend = "torch",
+        max_batch_texts: int = DEFAULT_MAX_BATCH_TEXTS,
+        model_cache_dir: Path | None = None,
+    ) -> None:
+        if batch_size < 1 or max_batch_texts < 1:
+            raise ValueError("batch sizes must be at least 1")
+        self.batch_size = batch_size
+        self.device = device or default_device()
+        self.backend = backend
+        self.max_batch_texts = max_batch_texts
+        self.model_cache_dir = model_cache_dir
+        self._model: EncoderModel | None = None
+        self._load_lock = threading.Lock()
+        self._queue_lock = threading.Condition()
+        self._pending: list[_Request] = []
+        self._encoding = False
+        self.model_calls = 0  # how many batches the model ran (to see the coalescing work)
+
+    def warm_up(self) -> None:
+        self._get_model()
+
+    def _get_model(self) -> EncoderModel:
+        with self._load_lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def _load(self) -> EncoderModel:
+        if self.backend == "torch":
+            return TorchEncoder(self.device)
+        from core.onnx_encoder import OnnxInt8Encoder
+
+        if self.model_cache_dir is None:
+            raise ValueError("the onnx-int8 backend needs a directory for the exported model")
+        encoder: EncoderModel = OnnxInt8Encoder(embedding_model_dir(), self.model_cache_dir)
+        return encoder
+
+    @property
+    def dimension(self) -> int:
+        return self._get_model().dimension
+
     def tokenizer_length(self, text: str) -> int:
         """How many word pieces the model's own tokenizer makes of `text` (to check chunk sizing)."""
-        with self._lock:
-            return len(self._get_model().tokenizer.tokenize(text))
+        return self._get_model().token_count(text)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed `texts` in batches; returns an array of shape (len(texts), dimension)."""
+        """Embed `texts`; returns an array of shape (len(texts), dimension)."""
+        model = self._get_model()
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._lock:
-            vectors = self._get_model().encode(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(vectors, dtype=np.float32)
+            return np.zeros((0, model.dimension), dtype=np.float32)
+        request = _Request(list(texts))
+        with self._queue_lock:
+            self._pending.append(request)
+            while not request.done:
+                if self._encoding:
+                    self._queue_lock.wait()
+                    continue
+                batch = self._take_batch()
+                self._encoding = True
+                self._queue_lock.release()
+                try:
+                    self._run(model, batch)
+                finally:
+                    self._queue_lock.acquire()
+                    self._encoding = False
+                    self._queue_lock.notify_all()
+        if request.error is not None:
+            raise request.error
+        assert request.vectors is not None
+        return request.vectors
+
+    def _take_batch(self) -> list[_Request]:
+        """The oldest pending requests, whole, up to max_batch_texts texts (at least one request)."""
+        batch: list[_Request] = []
+        total = 0
+        while self._pending and (not batch or total + len(self._pending[0].texts) <= self.max_batch_texts):
+            request = self._pending.pop(0)
+            batch.append(request)
+            total += len(request.texts)
+        return batch
+
+    def _run(self, model: EncoderModel, batch: list[_Request]) -> None:
+        texts = [text for request in batch for text in request.texts]
+        try:
+            vectors = model.encode(texts, self.batch_size)
+            self.model_calls += 1
+        except BaseException as exc:  # every waiting caller gets the error, none hangs
+            for request in batch:
+                request.error, request.done = exc, True
+            return
+        start = 0
+        for request in batch:
+            request.vectors = vectors[start : start + len(request.texts)]
+            request.done = True
+            start += len(request.texts)

@@ -10,11 +10,18 @@ keeps only the newest version of each document it returns, so a query never sees
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Protocol
 
 from core.access import Principal
 from core.records import ChunkPoint, SearchHit, StoredVector
+
+
+class SearchMode(enum.StrEnum):
+    DENSE = "dense"  # the embedding model's vectors, cosine
+    SPARSE = "sparse"  # BM25 term vectors
+    HYBRID = "hybrid"  # both, fused by reciprocal rank
 
 
 class VectorIndex(Protocol):
@@ -39,8 +46,17 @@ class VectorIndex(Protocol):
     def count_document(self, tenant: str, document_id: str, version: int | None = None) -> int:
         """How many chunks of the document (of one version, if given) the index holds."""
 
-    def search(self, principal: Principal, vector: Sequence[float], limit: int) -> list[SearchHit]:
-        """The `limit` nearest live chunks among those the principal may read, best first."""
+    def search(
+        self,
+        principal: Principal,
+        vector: Sequence[float],
+        limit: int,
+        *,
+        mode: SearchMode = SearchMode.DENSE,
+        text: str = "",
+    ) -> list[SearchHit]:
+        """The `limit` best live chunks among those the principal may read, best first: nearest to `vector`
+        (dense), best BM25 match of `text` (sparse), or both fused by reciprocal rank (hybrid)."""
 
     def vectors(self, tenant: str) -> list[StoredVector]:
         """Every chunk of the tenant with its vector and ACL (for offline checks, never for serving)."""

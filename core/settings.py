@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     # broker; "redis" sends tasks to separate `tessera worker` processes.
     queue: Literal["embedded", "redis"] = "embedded"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    worker_concurrency: int = Field(default=1, ge=1, le=64)
+    # Documents one worker process ingests at once, on threads sharing one model: while the model embeds,
+    # other threads parse, and the chunks of all of them are embedded together in shared batches.
+    worker_concurrency: int = Field(default=4, ge=1, le=64)
     task_soft_time_limit_s: int = Field(default=600, ge=10)
     task_max_attempts: int = Field(default=3, ge=1, le=20)
     # How long Redis keeps a task unacknowledged before handing it to another worker (a worker that died).
@@ -60,6 +62,9 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(default=200, ge=32, le=2048)
     chunk_overlap_tokens: int = Field(default=20, ge=0, le=512)
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
+    # The embedding backend: sentence-transformers ("torch": fp32 on CPU, fp16 on CUDA where present), or an
+    # int8 ONNX export of the same model ("onnx-int8"), made offline under <data_dir>/models on first start.
+    embed_backend: Literal["torch", "onnx-int8"] = "torch"
 
     # Evaluation suites (evals/): where datasets and run records live, the nightly schedule (service mode,
     # Celery beat), and an optional OpenAI-compatible endpoint for the LLM-judged metrics.
@@ -74,7 +79,8 @@ class Settings(BaseSettings):
     # The running server, for CLI commands that talk to it over HTTP.
     server_url: str = "http://127.0.0.1:8000"
 
-    # Query.
+    # Query. The search mode a query gets when it names none (see core.index.SearchMode).
+    default_search_mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
     default_top_k: int = Field(default=5, ge=1, le=50)
     max_top_k: int = Field(default=50, ge=1, le=50)
     default_max_context_tokens: int = Field(default=2000, ge=64, le=200_000)
@@ -119,6 +125,10 @@ class Settings(BaseSettings):
     @property
     def edge_path(self) -> Path:
         return self.data_dir / "edge"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "models"
 
     @property
     def blob_dir(self) -> Path:

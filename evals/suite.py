@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.access import Principal
+from core.index import SearchMode
 from core.records import StoredVector
 from evals.acl import ALL_USER, AclPlan, plan_acls
 from evals.datasets import BeirDataset, Passage
@@ -51,7 +52,7 @@ class EvalTarget(Protocol):
         """Upload each passage (shared with its group) through the ingestion task; wait until all are final.
         Returns passage id -> document id for the ready ones."""
 
-    def search(self, principal: Principal, question: str, top_k: int) -> TimedSearch:
+    def search(self, principal: Principal, question: str, top_k: int, mode: SearchMode) -> TimedSearch:
         """The query API's retrieval, timed."""
 
     def embed(self, text: str) -> np.ndarray:
@@ -70,6 +71,8 @@ class SuiteOptions:
     acl_users: int = 4
     seed: int = 13
     top_k: int = 50
+    # Each mode is a run record of its own, over one ingestion.
+    modes: tuple[SearchMode, ...] = (SearchMode.DENSE, SearchMode.SPARSE, SearchMode.HYBRID)
 
 
 def _git_commit() -> str | None:
@@ -111,8 +114,8 @@ def run_suite(
     *,
     llm: LlmJudgeSettings | None = None,
     progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
-) -> dict[str, Any]:
-    """Run the suite and return its run record (see evals/report.py for the schema)."""
+) -> list[dict[str, Any]]:
+    """Ingest once, then query in each of `options.modes`; one run record per mode (evals/report.py)."""
     started = datetime.now(UTC)
     plan: AclPlan = plan_acls(dataset.passages, groups=options.acl_groups, users=options.acl_users, seed=options.seed)
 
@@ -120,13 +123,56 @@ def run_suite(
     passages = list(dataset.passages.values())
     document_of = target.ingest(passages, plan.passage_groups, lambda done: progress("ingest", done, len(passages)))
     ingest_s = time.perf_counter() - ingest_started
-    passage_of = {document_id: passage_id for passage_id, document_id in document_of.items()}
+    index = _IndexedCorpus.read(target, document_of, plan)
+    records = []
+    for mode in options.modes:
+        record = _query_run(dataset, target, options, plan, index, mode, llm, progress)
+        record.update(
+            run_id=f"{started.strftime('%Y%m%dT%H%M%SZ')}-{dataset.name}-{mode.value}",
+            started_at=started.isoformat(),
+            settings={
+                **target.describe(),
+                "mode": mode.value,
+                "top_k": options.top_k,
+                "ingest_seconds": round(ingest_s, 2),
+            },
+        )
+        records.append(record)
+    return records
 
-    stored = [v for v in target.vectors() if v.live and v.document_id in passage_of]
-    keys = [f"{v.document_id}:{v.chunk_index}" for v in stored]
-    matrix = np.asarray([v.vector for v in stored], dtype=np.float32)
-    chunk_group = np.asarray([plan.passage_groups[passage_of[v.document_id]] for v in stored])
 
+@dataclass(frozen=True)
+class _IndexedCorpus:
+    """What the index holds for the suite: the exact-search reference for the dense mode."""
+
+    passage_of: dict[str, str]  # document id -> passage id
+    keys: list[str]
+    matrix: np.ndarray
+    chunk_group: np.ndarray
+
+    @classmethod
+    def read(cls, target: EvalTarget, document_of: dict[str, str], plan: AclPlan) -> _IndexedCorpus:
+        passage_of = {document_id: passage_id for passage_id, document_id in document_of.items()}
+        stored = [v for v in target.vectors() if v.live and v.document_id in passage_of]
+        return cls(
+            passage_of=passage_of,
+            keys=[f"{v.document_id}:{v.chunk_index}" for v in stored],
+            matrix=np.asarray([v.vector for v in stored], dtype=np.float32),
+            chunk_group=np.asarray([plan.passage_groups[passage_of[v.document_id]] for v in stored]),
+        )
+
+
+def _query_run(
+    dataset: BeirDataset,
+    target: EvalTarget,
+    options: SuiteOptions,
+    plan: AclPlan,
+    index: _IndexedCorpus,
+    mode: SearchMode,
+    llm: LlmJudgeSettings | None,
+    progress: Callable[[str, int, int], None],
+) -> dict[str, Any]:
+    passage_of = index.passage_of
     rows: list[dict[str, Any]] = []
     per_user: dict[str, dict[str, Any]] = {}
     embed_ms: list[float] = []
@@ -137,16 +183,20 @@ def run_suite(
     for user in users:
         principal = Principal.of(target.tenant, f"eval-{user}", sorted(plan.users[user]))
         allowed_passages = plan.allowed(user)
-        allowed_chunks = np.isin(chunk_group, sorted(plan.users[user]))
+        allowed_chunks = np.isin(index.chunk_group, sorted(plan.users[user]))
         user_rows = []
         for query_id, text in dataset.queries.items():
-            timed = target.search(principal, text, options.top_k)
+            timed = target.search(principal, text, options.top_k, mode)
             chunk_passages = [passage_of.get(hit.document_id, f"?{hit.document_id}") for hit in timed.hits]
             leaked = sorted({p for p in chunk_passages if p not in allowed_passages})
             ranked = collapse_to_passages(chunk_passages)
             qrels = {p: g for p, g in dataset.qrels[query_id].items() if p in allowed_passages}
-            returned_keys = [f"{hit.document_id}:{hit.chunk_index}" for hit in timed.hits]
-            exact = _exact_top(np.asarray(timed.vector, dtype=np.float32), matrix, keys, allowed_chunks, FIDELITY_K)
+            fidelity = None  # against exact dense search: only the dense mode has that reference
+            if mode is SearchMode.DENSE:
+                returned_keys = [f"{hit.document_id}:{hit.chunk_index}" for hit in timed.hits]
+                query = np.asarray(timed.vector, dtype=np.float32)
+                exact = _exact_top(query, index.matrix, index.keys, allowed_chunks, FIDELITY_K)
+                fidelity = fidelity_at_k(returned_keys, exact, FIDELITY_K)
             relevant_ids = [p for p, g in qrels.items() if g > 0]
             row: dict[str, Any] = {
                 "query_id": query_id,
@@ -156,7 +206,7 @@ def run_suite(
                 "mrr@10": mrr_at_k(ranked, qrels, 10),
                 **{f"recall@{k}": recall_at_k(ranked, qrels, k) for k in RECALL_KS},
                 **_ragas_id_metrics(ranked[:10], relevant_ids),
-                "fidelity@10": fidelity_at_k(returned_keys, exact, FIDELITY_K),
+                "fidelity@10": fidelity,
                 "retrieved": ranked[:10],
                 "relevant": qrels,
                 "embed_ms": timed.embed_s * 1000,
@@ -168,7 +218,7 @@ def run_suite(
             search_ms.append(row["search_ms"])
             total_ms.append(row["total_ms"])
             user_rows.append(row)
-            progress("query", len(rows) + len(user_rows), total)
+            progress(f"query {mode.value}", len(rows) + len(user_rows), total)
         rows.extend(user_rows)
         per_user[user] = {
             "groups": sorted(plan.users[user]),
@@ -183,15 +233,13 @@ def run_suite(
     everyone = [r for r in rows if r["user"] == ALL_USER]
     metric_names = ["ndcg@10", *(f"recall@{k}" for k in RECALL_KS), "mrr@10", "context_precision", "context_recall"]
     return {
-        "run_id": f"{started.strftime('%Y%m%dT%H%M%SZ')}-{dataset.name}",
         "suite": dataset.name,
+        "mode": mode.value,
         "dataset_path": str(dataset.path),
-        "started_at": started.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
         "git_commit": _git_commit(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "settings": {**target.describe(), "top_k": options.top_k, "ingest_seconds": round(ingest_s, 2)},
-        "index_size": {"passages": len(document_of), "chunks": len(stored), "queries": len(dataset.queries)},
+        "index_size": {"passages": len(index.passage_of), "chunks": len(index.keys), "queries": len(dataset.queries)},
         "acl": plan.as_json(),
         "metrics": {name: mean_of(r[name] for r in everyone) for name in metric_names},
         "per_user": per_user,

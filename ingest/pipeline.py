@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from unstructured.file_utils.model import FileType
 
@@ -25,7 +26,7 @@ from core.blobs import BlobStore
 from core.embedding import Embedder
 from core.errors import DocumentRejected, NotFound, Unavailable
 from core.index import VectorIndex
-from core.records import ChunkPoint, DocumentRecord, DocumentStatus, IngestStage
+from core.records import Chunk, ChunkPoint, DocumentRecord, DocumentStatus, IngestStage
 from core.registry import Registry
 from ingest.chunk import Chunker
 from ingest.parse import parse
@@ -43,6 +44,16 @@ class IngestOutcome:
     chunk_count: int
     seconds: float
     reason: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds in parse, chunk, embed, index
+
+
+@contextmanager
+def _timed(stages: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - started
 
 
 class Superseded(Exception):
@@ -83,8 +94,9 @@ class IngestPipeline:
         if record.status.is_final:
             return IngestOutcome(document_id, record.status, record.chunk_count, 0.0, record.failure_reason)
         log.info("ingest: %s v%d (%s) attempt %d", document_id, record.version, record.file_name, attempt)
+        stages: dict[str, float] = {}
         try:
-            count = self._ingest(record)
+            count = self._ingest(record, stages)
         except DocumentRejected as exc:
             reason = str(exc)
             self.index.delete_version(record.tenant, record.id, record.version)
@@ -101,9 +113,16 @@ class IngestPipeline:
                 return IngestOutcome(document_id, DocumentStatus.DELETED, 0, time.perf_counter() - started)
             raise
         seconds = time.perf_counter() - started
-        self._audit(record, "ready", {"chunks": count, "version": record.version, "seconds": round(seconds, 3)})
+        detail = {
+            "chunks": count,
+            "version": record.version,
+            "bytes": record.size_bytes,
+            "seconds": round(seconds, 4),
+            "stages": {stage: round(spent, 4) for stage, spent in stages.items()},
+        }
+        self._audit(record, "ready", detail)
         log.info("ingest: %s v%d ready with %d chunks in %.2fs", document_id, record.version, count, seconds)
-        return IngestOutcome(document_id, DocumentStatus.READY, count, seconds)
+        return IngestOutcome(document_id, DocumentStatus.READY, count, seconds, stages=stages)
 
     def fail(self, document_id: str, reason: str) -> None:
         """Give up on a document after its attempts are spent."""
@@ -125,23 +144,33 @@ class IngestPipeline:
             detail=detail,
         )
 
-    def _ingest(self, record: DocumentRecord) -> int:
+    def _ingest(self, record: DocumentRecord, stages: dict[str, float]) -> int:
         if not self._index_ready:  # once per process; Unavailable here is retried like any index error
             self.index.ensure_ready(self.embedder.dimension)
             self._index_ready = True
         document_id, version = record.id, record.version
         self.registry.set_stage(document_id, IngestStage.PARSING)
-        elements = parse(self.blobs.path_for(document_id, version), FileType[record.file_type], record.file_name)
+        with _timed(stages, "parse"):
+            path = self.blobs.path_for(document_id, version)
+            elements = parse(path, FileType[record.file_type], record.file_name)
         self.registry.set_stage(document_id, IngestStage.CHUNKING, 0, len(elements))
-        chunks = self.chunker.chunk(elements)
+        with _timed(stages, "chunk"):
+            chunks = self.chunker.chunk(elements)
         if not chunks:
             raise DocumentRejected("no extractable text")
         vectors: list[Sequence[float]] = []
         for start in range(0, len(chunks), EMBED_PROGRESS_BATCH):
             self.registry.set_stage(document_id, IngestStage.EMBEDDING, start, len(chunks))
             batch = chunks[start : start + EMBED_PROGRESS_BATCH]
-            vectors.extend(self.embedder.encode([chunk.text for chunk in batch]))
+            with _timed(stages, "embed"):
+                vectors.extend(self.embedder.encode([chunk.text for chunk in batch]))
         self.registry.set_stage(document_id, IngestStage.INDEXING, 0, len(chunks))
+        with _timed(stages, "index"):
+            return self._write(record, chunks, vectors)
+
+    def _write(self, record: DocumentRecord, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int:
+        """Write the version's chunks not live, re-read the registry, publish, mark ready."""
+        document_id, version = record.id, record.version
         written_acl = self.registry.get(document_id).acl_tokens
         points = [
             ChunkPoint(

@@ -44,7 +44,12 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_soft_time_limit_s + 60,
-        broker_transport_options={"visibility_timeout": settings.queue_visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.queue_visibility_timeout_s,
+            # The in-memory broker is polled (once a second by default, which idled the embedded worker
+            # for most of a second after each small document); Redis blocks on the queue instead.
+            "polling_interval": 0.01,
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,
         # Publishing gives up within a few seconds when the broker is down, so uploads answer 503.

@@ -18,7 +18,7 @@ from qdrant_client import models
 
 from core.access import Principal
 from core.errors import Unavailable
-from core.index import newest_versions_only
+from core.index import SearchMode, newest_versions_only
 from core.records import ChunkPoint, SearchHit, StoredVector, point_id
 from retrieval.acl_filter import (
     ACL_FIELD,
@@ -32,8 +32,10 @@ from retrieval.acl_filter import (
     document_filter,
 )
 from retrieval.payload import chunk_payload, search_hit, stored_vector
+from retrieval.sparse import RRF_K, SPARSE_VECTOR, Bm25Encoder, SparseTerms, fusion_candidates
 
 _UPSERT_BATCH = 1024
+_DENSE_VECTOR = ""  # Edge's name for the default (unnamed) vector
 
 
 def _condition(condition: Any) -> edge.FieldCondition:
@@ -57,6 +59,10 @@ def to_edge_filter(selection: models.Filter) -> edge.Filter:
     return edge.Filter(must=[_condition(c) for c in must])
 
 
+def _sparse(terms: SparseTerms) -> edge.SparseVector:
+    return edge.SparseVector(terms.indices, terms.values)
+
+
 class EdgeIndex:
     """VectorIndex on Qdrant Edge. Engine errors surface as Unavailable."""
 
@@ -64,6 +70,7 @@ class EdgeIndex:
         self.path = path
         self._lock = threading.RLock()  # publish's two steps run with no query between them
         self._shard: edge.EdgeShard | None = None
+        self._bm25 = Bm25Encoder()
         if path.exists() and any(path.iterdir()):
             self._shard = self._guard(lambda: edge.EdgeShard.load(str(path)))
 
@@ -88,7 +95,10 @@ class EdgeIndex:
         with self._lock:
             if self._shard is None:
                 self.path.mkdir(parents=True, exist_ok=True)
-                config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=dimension, distance=edge.Distance.Cosine))
+                config = edge.EdgeConfig(
+                    vectors=edge.EdgeVectorParams(size=dimension, distance=edge.Distance.Cosine),
+                    sparse_vectors={SPARSE_VECTOR: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
+                )
                 self._shard = self._guard(lambda: edge.EdgeShard.create(str(self.path), config))
                 for field, schema in (
                     (TENANT_FIELD, edge.KeywordIndexParams(is_tenant=True)),
@@ -102,7 +112,11 @@ class EdgeIndex:
 
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         structs = [
-            edge.Point(point_id(p.document_id, p.version, p.chunk.index), list(p.vector), chunk_payload(p))
+            edge.Point(
+                point_id(p.document_id, p.version, p.chunk.index),
+                {_DENSE_VECTOR: list(p.vector), SPARSE_VECTOR: _sparse(self._bm25.document(p.chunk.text))},
+                chunk_payload(p),
+            )
             for p in points
         ]
         for start in range(0, len(structs), _UPSERT_BATCH):
@@ -135,11 +149,39 @@ class EdgeIndex:
         with self._lock:
             return int(self._guard(lambda: self.shard.count(request)))
 
-    def search(self, principal: Principal, vector: Sequence[float], limit: int) -> list[SearchHit]:
+    def search(
+        self,
+        principal: Principal,
+        vector: Sequence[float],
+        limit: int,
+        *,
+        mode: SearchMode = SearchMode.DENSE,
+        text: str = "",
+    ) -> list[SearchHit]:
         selection = to_edge_filter(acl_filter(principal))  # raises before the engine is asked anything
-        request = edge.QueryRequest(
-            limit=limit, query=edge.Query.Nearest(list(vector)), filter=selection, with_payload=True
-        )
+
+        def dense() -> edge.Query:
+            return edge.Query.Nearest(list(vector))
+
+        def sparse() -> edge.Query:
+            return edge.Query.Nearest(_sparse(self._bm25.query(text)), using=SPARSE_VECTOR)
+
+        if mode is SearchMode.HYBRID:
+            # The principal's filter on each half and on the fusion: no half ever ranks what it may not read.
+            candidates = fusion_candidates(limit)
+            request = edge.QueryRequest(
+                limit=limit,
+                prefetches=[
+                    edge.Prefetch(limit=candidates, query=dense(), filter=selection),
+                    edge.Prefetch(limit=candidates, query=sparse(), filter=selection),
+                ],
+                query=edge.Fusion.Rrf(k=RRF_K),  # type: ignore[arg-type]
+                filter=selection,
+                with_payload=True,
+            )
+        else:
+            chosen = sparse() if mode is SearchMode.SPARSE else dense()
+            request = edge.QueryRequest(limit=limit, query=chosen, filter=selection, with_payload=True)
         with self._lock:
             points = self._guard(lambda: self.shard.query(request))
         return newest_versions_only([search_hit(p.payload or {}, p.score) for p in points])
@@ -150,15 +192,14 @@ class EdgeIndex:
         offset = None
         while True:
             request = edge.ScrollRequest(
-                offset=offset, limit=1024, filter=selection, with_payload=True, with_vector=True
+                offset=offset, limit=1024, filter=selection, with_payload=True, with_vector=[_DENSE_VECTOR]
             )
             with self._lock:
                 page, offset = self._guard(partial(self.shard.scroll, request))
             for record in page:
                 payload = record.payload or {}
-                stored.append(
-                    stored_vector(payload, record.vector)  # type: ignore[arg-type]
-                )
+                vector = record.vector[_DENSE_VECTOR] if isinstance(record.vector, dict) else record.vector
+                stored.append(stored_vector(payload, vector))  # type: ignore[arg-type]
             if offset is None:
                 return stored
 

@@ -16,7 +16,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from core.access import Principal
 from core.errors import Unavailable
-from core.index import newest_versions_only
+from core.index import SearchMode, newest_versions_only
 from core.records import ChunkPoint, SearchHit, StoredVector, point_id
 from retrieval.acl_filter import (
     ACL_FIELD,
@@ -30,9 +30,15 @@ from retrieval.acl_filter import (
     document_filter,
 )
 from retrieval.payload import chunk_payload, search_hit, stored_vector
+from retrieval.sparse import RRF_K, SPARSE_VECTOR, Bm25Encoder, SparseTerms, fusion_candidates
 
 _UPSERT_BATCH = 256
+_DENSE_VECTOR = ""  # the unnamed default vector
 T = TypeVar("T")
+
+
+def _sparse(terms: SparseTerms) -> models.SparseVector:
+    return models.SparseVector(indices=terms.indices, values=terms.values)
 
 
 class QdrantIndex:
@@ -45,6 +51,7 @@ class QdrantIndex:
             raise ValueError("give exactly one of url (Qdrant server) or path (embedded)")
         self.collection = collection
         self.embedded = path is not None
+        self._bm25 = Bm25Encoder()
         # qdrant-client's local mode is plain Python state with no locking, shared here by the API's
         # threads and the ingestion thread: serialise calls to it. A server needs no such lock.
         self._lock: AbstractContextManager[Any] = threading.RLock() if self.embedded else nullcontext()
@@ -67,6 +74,7 @@ class QdrantIndex:
                 self._client.create_collection(
                     self.collection,
                     vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
+                    sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
                 )
             if self.embedded:  # local mode has no payload indexes (it scans); a server needs them
                 return
@@ -86,7 +94,9 @@ class QdrantIndex:
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         structs = [
             models.PointStruct(
-                id=point_id(p.document_id, p.version, p.chunk.index), vector=list(p.vector), payload=chunk_payload(p)
+                id=point_id(p.document_id, p.version, p.chunk.index),
+                vector={_DENSE_VECTOR: list(p.vector), SPARSE_VECTOR: _sparse(self._bm25.document(p.chunk.text))},
+                payload=chunk_payload(p),
             )
             for p in points
         ]
@@ -125,13 +135,34 @@ class QdrantIndex:
         result = self._call(lambda: self._client.count(self.collection, count_filter=selection, exact=True))
         return int(result.count)
 
-    def search(self, principal: Principal, vector: Sequence[float], limit: int) -> list[SearchHit]:
+    def search(
+        self,
+        principal: Principal,
+        vector: Sequence[float],
+        limit: int,
+        *,
+        mode: SearchMode = SearchMode.DENSE,
+        text: str = "",
+    ) -> list[SearchHit]:
         query_filter = acl_filter(principal)  # raises before the engine is asked anything
-        response = self._call(
-            lambda: self._client.query_points(
-                self.collection, query=list(vector), query_filter=query_filter, limit=limit, with_payload=True
+        search = partial(self._client.query_points, self.collection, query_filter=query_filter, limit=limit)
+        if mode is SearchMode.HYBRID:
+            # The principal's filter on each half and on the fusion: no half ever ranks what it may not read.
+            candidates = fusion_candidates(limit)
+            terms = _sparse(self._bm25.query(text))
+            search = partial(
+                search,
+                prefetch=[
+                    models.Prefetch(query=list(vector), filter=query_filter, limit=candidates),
+                    models.Prefetch(query=terms, using=SPARSE_VECTOR, filter=query_filter, limit=candidates),
+                ],
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
             )
-        )
+        elif mode is SearchMode.SPARSE:
+            search = partial(search, query=_sparse(self._bm25.query(text)), using=SPARSE_VECTOR)
+        else:
+            search = partial(search, query=list(vector))
+        response = self._call(partial(search, with_payload=True))
         return newest_versions_only([search_hit(point.payload or {}, point.score) for point in response.points])
 
     def vectors(self, tenant: str) -> list[StoredVector]:
@@ -147,12 +178,12 @@ class QdrantIndex:
                     limit=1024,
                     offset=offset,
                     with_payload=True,
-                    with_vectors=True,
+                    with_vectors=[_DENSE_VECTOR],
                 )
             )
             for point in page:
                 payload = point.payload or {}
-                vector = point.vector
+                vector = point.vector.get(_DENSE_VECTOR) if isinstance(point.vector, dict) else point.vector
                 if not isinstance(vector, list):
                     raise TypeError("expected one unnamed dense vector per point")
                 stored.append(

@@ -9,7 +9,7 @@ import tiktoken
 
 from core.access import Principal
 from core.embedding import Embedder
-from core.index import VectorIndex
+from core.index import SearchMode, VectorIndex
 from core.records import SearchHit
 from retrieval.prompt import BuiltPrompt, build_prompt
 
@@ -17,7 +17,7 @@ from retrieval.prompt import BuiltPrompt, build_prompt
 @dataclass(frozen=True)
 class TimedSearch:
     hits: list[SearchHit]
-    vector: list[float]  # the query vector searched with
+    vector: list[float]  # the query vector searched with (empty for a sparse search)
     embed_s: float
     search_s: float
 
@@ -34,19 +34,21 @@ class Retriever:
         self.embedder = embedder
         self.encoding = encoding
 
-    def search(self, principal: Principal, question: str, top_k: int) -> list[SearchHit]:
-        return self.timed_search(principal, question, top_k).hits
+    def search(self, principal: Principal, question: str, top_k: int, mode: SearchMode) -> list[SearchHit]:
+        return self.timed_search(principal, question, top_k, mode).hits
 
-    def timed_search(self, principal: Principal, question: str, top_k: int) -> TimedSearch:
-        """Search, timing the query embedding and the vector search separately (for the eval suites)."""
+    def timed_search(self, principal: Principal, question: str, top_k: int, mode: SearchMode) -> TimedSearch:
+        """Search, timing the query embedding and the index search separately (for the eval suites)."""
         started = time.perf_counter()
-        vector = [float(x) for x in self.embedder.encode([question])[0]]
+        vector = [] if mode is SearchMode.SPARSE else [float(x) for x in self.embedder.encode([question])[0]]
         embedded = time.perf_counter()
-        hits = self.index.search(principal, vector, top_k)
+        hits = self.index.search(principal, vector, top_k, mode=mode, text=question)
         return TimedSearch(
             hits=hits, vector=vector, embed_s=embedded - started, search_s=time.perf_counter() - embedded
         )
 
-    def query(self, principal: Principal, question: str, top_k: int, max_context_tokens: int) -> QueryResult:
-        hits = self.search(principal, question, top_k)
+    def query(
+        self, principal: Principal, question: str, top_k: int, max_context_tokens: int, mode: SearchMode
+    ) -> QueryResult:
+        hits = self.search(principal, question, top_k, mode)
         return QueryResult(hits=hits, prompt=build_prompt(question, hits, max_context_tokens, self.encoding))

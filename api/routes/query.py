@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from api.deps import PrincipalDep, RuntimeDep
 from api.schemas import ChunkOut, ErrorOut, QueryIn, QueryOut
 from core.audit import AuditAction
+from core.index import SearchMode
 
 router = APIRouter(prefix="/v1", tags=["query"])
 
@@ -21,7 +22,8 @@ def query(body: QueryIn, principal: PrincipalDep, runtime: RuntimeDep) -> QueryO
     settings = runtime.settings
     top_k = min(body.top_k or settings.default_top_k, settings.max_top_k)
     budget = body.max_context_tokens or settings.default_max_context_tokens
-    result = runtime.retriever.query(principal, body.query, top_k, budget)
+    mode = body.mode or SearchMode(settings.default_search_mode)
+    result = runtime.retriever.query(principal, body.query, top_k, budget, mode)
     # Written before answering: a query that cannot be audited is not answered.
     runtime.audit.by(
         principal,
@@ -29,11 +31,13 @@ def query(body: QueryIn, principal: PrincipalDep, runtime: RuntimeDep) -> QueryO
         "answered",
         detail={
             "top_k": top_k,
+            "mode": mode.value,
             "chunks": [f"{hit.document_id}:{hit.version}:{hit.chunk_index}" for hit in result.hits],
         },
     )
     return QueryOut(
         query=body.query,
+        mode=mode,
         results=[
             ChunkOut(
                 document_id=hit.document_id,

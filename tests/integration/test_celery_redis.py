@@ -45,7 +45,7 @@ def test_upload_is_queued_in_redis_and_a_celery_worker_ingests_it(
     assert broker.llen(INGEST_QUEUE) == 1
     assert service.client.get(f"/v1/documents/{document_id}", headers=ALICE).json()["status"] == "queued"
 
-    worker = EmbeddedWorker(service.runtime.celery)  # a real Celery worker consuming Redis
+    worker = EmbeddedWorker(service.runtime.celery, concurrency=2)  # a real Celery worker consuming Redis
     worker.start()
     try:
         record = wait_final(service.client, ALICE, document_id)

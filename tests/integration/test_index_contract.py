@@ -12,7 +12,7 @@ import pytest
 from qdrant_client import models
 
 from core.access import Principal
-from core.index import VectorIndex
+from core.index import SearchMode, VectorIndex
 from core.records import Chunk, ChunkPoint
 from retrieval.edge_index import to_edge_filter
 from retrieval.factory import create_index
@@ -148,3 +148,30 @@ def test_the_edge_translation_refuses_what_it_does_not_know() -> None:
         to_edge_filter(models.Filter(must=[models.HasIdCondition(has_id=[1])]))
     with pytest.raises(ValueError):
         to_edge_filter(models.Filter(must=[models.FieldCondition(key="t", match=models.MatchText(text="x"))]))
+
+
+def _readable(principal: Principal) -> set[tuple[str, int]]:
+    return {key for key in VECTORS if key in _reference(principal, np.asarray(VECTORS[key]), len(VECTORS))}
+
+
+@pytest.mark.parametrize("mode", [SearchMode.SPARSE, SearchMode.HYBRID])
+@pytest.mark.parametrize("principal", PRINCIPALS, ids=lambda p: f"{p.subject}@{p.tenant}")
+def test_sparse_and_hybrid_search_return_exactly_what_the_principal_may_read(
+    index: VectorIndex, principal: Principal, mode: SearchMode
+) -> None:
+    # Every chunk's text holds the word "chunk": asking for it with room for all returns all readable ones.
+    query = list(_vector())
+    hits = index.search(principal, query, 50, mode=mode, text="chunk")
+    assert {(h.document_id, h.chunk_index) for h in hits} == _readable(principal)
+    assert len(hits) == len({(h.document_id, h.chunk_index) for h in hits})
+
+
+@pytest.mark.parametrize("mode", [SearchMode.SPARSE, SearchMode.HYBRID])
+def test_sparse_ranks_by_terms_inside_the_acl(index: VectorIndex, mode: SearchMode) -> None:
+    erin, alice = PRINCIPALS[3], PRINCIPALS[0]
+    top = index.search(erin, list(_vector()), 3, mode=mode, text="sales")
+    if mode is SearchMode.SPARSE:
+        assert {h.document_id for h in top} == {"d-sales"}
+    assert "d-sales" in {h.document_id for h in top}
+    # alice may not read d-sales: the same query gives her other documents, never that one.
+    assert all(h.document_id != "d-sales" for h in index.search(alice, list(_vector()), 50, mode=mode, text="sales"))

@@ -127,7 +127,7 @@ def test_transient_errors_retry_with_backoff_then_fail_after_three_attempts(tmp_
     create_schema(runtime.database)
     document_id = "0badc0de0badc0de0badc0de0badc0de"
     _add_document(runtime, shared_docs / "book-war-and-peace-1p.txt", document_id)
-    worker = EmbeddedWorker(runtime.celery)
+    worker = EmbeddedWorker(runtime.celery, concurrency=2)
     worker.start()
     try:
         started = time.monotonic()
