@@ -152,7 +152,7 @@ class QueryIn(BaseModel):
     )
     mode: SearchMode | None = Field(
         default=None,
-        description="dense (embeddings), sparse (BM25) or hybrid (both, fused by reciprocal rank); default hybrid",
+        description="dense (embeddings), sparse (BM25) or hybrid (both, fused by reciprocal rank); default TESSERA_DEFAULT_SEARCH_MODE (dense)",
     )
 
 
