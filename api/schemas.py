@@ -152,7 +152,10 @@ class QueryIn(BaseModel):
     )
     mode: SearchMode | None = Field(
         default=None,
-        description="dense (embeddings), sparse (BM25) or hybrid (both, fused by reciprocal rank); default TESSERA_DEFAULT_SEARCH_MODE (dense)",
+        description=(
+            "dense (embeddings), sparse (BM25) or hybrid (both, fused by reciprocal rank); "
+            "default TESSERA_DEFAULT_SEARCH_MODE (dense)"
+        ),
     )
 
 
