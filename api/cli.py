@@ -1,4 +1,4 @@
-"""`tessera`: serve, worker, ingest, query, token, demo.
+"""`tessera`: serve, worker, ingest, query, token, demo, bench.
 
 `ingest` and `query` talk to a running server over HTTP (the embedded engines hold their data directory for
 one process), with a token minted from the configured HS256 secret for the user named on the command line.
@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--docs", default="../shared/docs", help="the documents to upload (default ../shared/docs)")
     demo.set_defaults(func=cmd_demo)
 
+    from evals.bench.cli import add_bench_parser  # light: the benchmarks import their stack when they run
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from functools import cached_property
 
 import tiktoken
@@ -115,6 +116,11 @@ class Runtime:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         create_schema(self.database)
         self.index.ensure_ready(self.embedder.dimension)
+        # Qdrant Edge builds its HNSW graph only when asked, and the build blocks the process: do it here,
+        # before serving. Chunks written later are searched by a scan of their segment until the next start.
+        started = time.perf_counter()
+        if self.index.optimize():
+            log.info("built the vector index in %.1fs", time.perf_counter() - started)
 
     def start(self) -> None:
         """Start serving: storage ready and, in the embedded default, the in-process worker running."""

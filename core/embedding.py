@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
-import torch
-from sentence_transformers import SentenceTransformer
 
 from core.assets import embedding_model_dir
 
 # all-MiniLM-L6-v2 reads at most 256 word pieces; longer input is truncated by the model.
 MODEL_MAX_WORD_PIECES = 256
 DEFAULT_MAX_BATCH_TEXTS = 256
+# On a GPU the model is cheap per text and expensive per call: large batches (sentence-transformers sorts
+# each call's texts by length, so they pad little). Not measured here: no GPU was lent to this project yet.
+GPU_BATCH_SIZE = 1024
 
 Backend = Literal["torch", "onnx-int8"]
 
@@ -46,6 +47,9 @@ class TorchEncoder:
     """sentence-transformers in fp32 on the CPU (or fp16 on CUDA where present)."""
 
     def __init__(self, device: str) -> None:
+        import torch  # here, not at the top: the onnx-int8 backend starts without torch
+        from sentence_transformers import SentenceTransformer
+
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         self._model = SentenceTransformer(str(embedding_model_dir()), device=device, local_files_only=True)
         if device.startswith("cuda"):
@@ -81,7 +85,11 @@ class _Request:
     error: BaseException | None = None
 
 
-def default_device() -> str:
+def default_device(backend: Backend) -> str:
+    if backend != "torch":
+        return "cpu"
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -99,10 +107,11 @@ class Embedder:
     ) -> None:
         if batch_size < 1 or max_batch_texts < 1:
             raise ValueError("batch sizes must be at least 1")
-        self.batch_size = batch_size
-        self.device = device or default_device()
+        self.device = device or default_device(backend)
+        on_gpu = self.device.startswith("cuda")
+        self.batch_size = max(batch_size, GPU_BATCH_SIZE) if on_gpu else batch_size
         self.backend = backend
-        self.max_batch_texts = max_batch_texts
+        self.max_batch_texts = max(max_batch_texts, 4 * GPU_BATCH_SIZE) if on_gpu else max_batch_texts
         self.model_cache_dir = model_cache_dir
         self._model: EncoderModel | None = None
         self._load_lock = threading.Lock()

@@ -58,6 +58,11 @@ class VectorIndex(Protocol):
         """The `limit` best live chunks among those the principal may read, best first: nearest to `vector`
         (dense), best BM25 match of `text` (sparse), or both fused by reciprocal rank (hybrid)."""
 
+    def optimize(self) -> bool:
+        """Build the engine's search index over what was written since the last build, where the engine
+        does not do so on its own; True if anything was built. Slow and blocking: for start-up and after
+        bulk loads, never on the query path."""
+
     def vectors(self, tenant: str) -> list[StoredVector]:
         """Every chunk of the tenant with its vector and ACL (for offline checks, never for serving)."""
 

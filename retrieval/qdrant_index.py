@@ -165,6 +165,11 @@ class QdrantIndex:
         response = self._call(partial(search, with_payload=True))
         return newest_versions_only([search_hit(point.payload or {}, point.score) for point in response.points])
 
+    def optimize(self) -> bool:
+        """Nothing to do: a Qdrant server's optimizer builds HNSW segments in the background, and local mode
+        has no index (it scans)."""
+        return False
+
     def vectors(self, tenant: str) -> list[StoredVector]:
         selection = models.Filter(must=[models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant))])
         stored: list[StoredVector] = []

@@ -1,0 +1,162 @@
+"""The query load generator: C concurrent clients sending POST /v1/query to a running server, in a process of
+its own (so that the clients' own CPU and GIL are not the server's), run as
+
+    python -m evals.bench.loadgen SPEC.json [--out RESULT.json]
+
+SPEC.json (written by evals/bench/query.py, readable by its owner only: it holds bearer tokens) gives the URL,
+the tokens of the principals, the queries, the concurrency, the request bound and the time bound.
+
+Each client is a thread with its own httpx.Client (its own keep-alive connection). Every client first sends
+`warmup` untimed requests; then all start together, and request i (one shared counter) is sent by whichever
+client is free, with query i // len(tokens) and token i % len(tokens), until `requests` were sent or `duration_s`
+passed. Per request: its start (seconds after the common start), its latency in milliseconds (perf_counter
+around the whole request, the body read included) and its HTTP status (0: no response). Only the raw samples
+are written; the parent process computes the percentiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core import offline
+
+_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    url: str
+    tokens: list[str]
+    queries: list[str]
+    concurrency: int
+    requests: int
+    duration_s: float
+    warmup: int = 2
+    top_k: int | None = None
+    mode: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoadSpec:
+        spec = cls(**data)
+        if not spec.tokens or not spec.queries or spec.concurrency < 1 or spec.requests < 1:
+            raise ValueError("a load spec needs tokens, queries, concurrency >= 1 and requests >= 1")
+        return spec
+
+    def body(self, query: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"query": query}
+        if self.top_k is not None:
+            body["top_k"] = self.top_k
+        if self.mode is not None:
+            body["mode"] = self.mode
+        return body
+
+
+class _Run:
+    """The state the client threads share."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.counter = itertools.count()
+        self.lock = threading.Lock()
+        self.start = 0.0
+        self.deadline = 0.0
+        self.barrier = threading.Barrier(spec.concurrency, action=self._go)
+        self.samples: list[tuple[float, float, int]] = []
+        self.errors: dict[str, int] = {}
+        self.warmup_failures = 0
+
+    def _go(self) -> None:
+        self.start = time.perf_counter()
+        self.deadline = self.start + self.spec.duration_s
+
+    def next_request(self) -> int | None:
+        with self.lock:
+            i = next(self.counter)
+        if i >= self.spec.requests or time.perf_counter() >= self.deadline:
+            return None
+        return i
+
+    def send(self, client: httpx.Client, i: int) -> tuple[int, str | None]:
+        spec = self.spec
+        token = spec.tokens[i % len(spec.tokens)]
+        query = spec.queries[(i // len(spec.tokens)) % len(spec.queries)]
+        try:
+            response = client.post("/v1/query", json=spec.body(query), headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            return 0, f"{type(exc).__name__}: {exc}"
+        if response.status_code != 200:
+            return response.status_code, f"HTTP {response.status_code}: {response.text[:200]}"
+        return 200, None
+
+    def client(self, index: int) -> None:
+        with httpx.Client(base_url=self.spec.url, timeout=_TIMEOUT_S) as client:
+            try:
+                for w in range(self.spec.warmup):
+                    status, _ = self.send(client, index + w * self.spec.concurrency)
+                    if status != 200:
+                        with self.lock:
+                            self.warmup_failures += 1
+            except BaseException:
+                self.barrier.abort()  # the other clients stop waiting for this one
+                raise
+            self.barrier.wait()
+            while (i := self.next_request()) is not None:
+                began = time.perf_counter()
+                status, error = self.send(client, i)
+                ended = time.perf_counter()
+                with self.lock:
+                    self.samples.append((began - self.start, 1000 * (ended - began), status))
+                    if error is not None:
+                        self.errors[error] = self.errors.get(error, 0) + 1
+
+
+def run_load(spec: LoadSpec) -> dict[str, Any]:
+    """Run the clients to the end; the raw samples, the errors by message and the measured window."""
+    run = _Run(spec)
+    threads = [
+        threading.Thread(target=run.client, args=(n,), name=f"loadgen-{n}", daemon=True)
+        for n in range(spec.concurrency)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ends = [start + latency / 1000 for start, latency, _ in run.samples]
+    return {
+        "concurrency": spec.concurrency,
+        "requests": len(run.samples),
+        "wall_s": max(ends, default=0.0),
+        "samples": [[round(s, 6), round(ms, 3), status] for s, ms, status in sorted(run.samples)],
+        "errors": run.errors,
+        "warmup_failures": run.warmup_failures,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    offline.enforce()
+    parser = argparse.ArgumentParser(prog="python -m evals.bench.loadgen", description=__doc__)
+    parser.add_argument("spec", type=Path, help="the load spec (JSON)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the result (default: stdout)")
+    args = parser.parse_args(argv)
+    spec = LoadSpec.from_json(json.loads(args.spec.read_text(encoding="utf-8")))
+    result = json.dumps(run_load(spec))
+    if args.out is None:
+        sys.stdout.write(result + "\n")
+    else:
+        args.out.write_text(result, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
