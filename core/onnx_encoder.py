@@ -20,7 +20,6 @@ activation scales are per batch, a text's vector depends slightly on its batch (
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
+
+from core.assets import file_sha256
 
 ONNX_FILE = "model-int8.onnx"
 MANIFEST_FILE = "model-int8.json"
@@ -51,14 +52,6 @@ QUANTIZATION = {
 _FFN_OUTPUT = re.compile(r"/encoder/layer\.(\d+)/output/dense/MatMul$")
 
 _export_lock = threading.Lock()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -85,7 +78,7 @@ def _reusable(export_dir: Path, source_sha256: str) -> bool:
         and manifest.get("quantization") == QUANTIZATION
         and manifest.get("source_sha256") == source_sha256
         and onnx_path.is_file()
-        and manifest.get("onnx_sha256") == _sha256(onnx_path)
+        and manifest.get("onnx_sha256") == file_sha256(onnx_path)
     )
 
 
@@ -142,7 +135,7 @@ def export_int8(model_dir: Path, export_dir: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     export_dir.mkdir(parents=True, exist_ok=True)
-    source_sha256 = _sha256(model_dir / "model.safetensors")
+    source_sha256 = file_sha256(model_dir / "model.safetensors")
     with _exclusive(export_dir):
         onnx_path = export_dir / ONNX_FILE
         if _reusable(export_dir, source_sha256):
@@ -165,7 +158,7 @@ def export_int8(model_dir: Path, export_dir: Path) -> Path:
                 "source": str(model_dir / "model.safetensors"),
                 "source_sha256": source_sha256,
                 "onnx": ONNX_FILE,
-                "onnx_sha256": _sha256(int8_path),
+                "onnx_sha256": file_sha256(int8_path),
                 "opset": OPSET,
                 "quantization": QUANTIZATION,
                 "onnxruntime": ort.__version__,
