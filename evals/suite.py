@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from core.access import Principal
 from core.index import SearchMode
 from core.records import StoredVector
 from evals.acl import ALL_USER, AclPlan, plan_acls
+from evals.bench.machine import head_commit
 from evals.datasets import BeirDataset, Passage
 from evals.llm_judge import LlmJudgeSettings, judge
 from evals.metrics import (
@@ -73,14 +73,6 @@ class SuiteOptions:
     top_k: int = 50
     # Each mode is a run record of its own, over one ingestion.
     modes: tuple[SearchMode, ...] = (SearchMode.DENSE, SearchMode.SPARSE, SearchMode.HYBRID)
-
-
-def _git_commit() -> str | None:
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
 
 
 def _exact_top(query: np.ndarray, matrix: np.ndarray, keys: list[str], allowed: np.ndarray, k: int) -> list[str]:
@@ -237,7 +229,7 @@ def _query_run(
         "mode": mode.value,
         "dataset_path": str(dataset.path),
         "finished_at": datetime.now(UTC).isoformat(),
-        "git_commit": _git_commit(),
+        "git_commit": head_commit(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "index_size": {"passages": len(index.passage_of), "chunks": len(index.keys), "queries": len(dataset.queries)},
         "acl": plan.as_json(),

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from unstructured.file_utils.model import FileType
 
@@ -28,6 +27,7 @@ from core.errors import DocumentRejected, NotFound, Unavailable
 from core.index import VectorIndex
 from core.records import Chunk, ChunkPoint, DocumentRecord, DocumentStatus, IngestStage
 from core.registry import Registry
+from core.timing import timed
 from ingest.chunk import Chunker
 from ingest.parse import parse
 
@@ -44,16 +44,6 @@ class IngestOutcome:
     chunk_count: int
     seconds: float
     reason: str | None = None
-    stages: dict[str, float] = field(default_factory=dict)  # seconds in parse, chunk, embed, index
-
-
-@contextmanager
-def _timed(stages: dict[str, float], stage: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - started
 
 
 class Superseded(Exception):
@@ -122,7 +112,7 @@ class IngestPipeline:
         }
         self._audit(record, "ready", detail)
         log.info("ingest: %s v%d ready with %d chunks in %.2fs", document_id, record.version, count, seconds)
-        return IngestOutcome(document_id, DocumentStatus.READY, count, seconds, stages=stages)
+        return IngestOutcome(document_id, DocumentStatus.READY, count, seconds)
 
     def fail(self, document_id: str, reason: str) -> None:
         """Give up on a document after its attempts are spent."""
@@ -150,11 +140,11 @@ class IngestPipeline:
             self._index_ready = True
         document_id, version = record.id, record.version
         self.registry.set_stage(document_id, IngestStage.PARSING)
-        with _timed(stages, "parse"):
+        with timed(stages, "parse"):
             path = self.blobs.path_for(document_id, version)
             elements = parse(path, FileType[record.file_type], record.file_name)
         self.registry.set_stage(document_id, IngestStage.CHUNKING, 0, len(elements))
-        with _timed(stages, "chunk"):
+        with timed(stages, "chunk"):
             chunks = self.chunker.chunk(elements)
         if not chunks:
             raise DocumentRejected("no extractable text")
@@ -162,10 +152,10 @@ class IngestPipeline:
         for start in range(0, len(chunks), EMBED_PROGRESS_BATCH):
             self.registry.set_stage(document_id, IngestStage.EMBEDDING, start, len(chunks))
             batch = chunks[start : start + EMBED_PROGRESS_BATCH]
-            with _timed(stages, "embed"):
+            with timed(stages, "embed"):
                 vectors.extend(self.embedder.encode([chunk.text for chunk in batch]))
         self.registry.set_stage(document_id, IngestStage.INDEXING, 0, len(chunks))
-        with _timed(stages, "index"):
+        with timed(stages, "index"):
             return self._write(record, chunks, vectors)
 
     def _write(self, record: DocumentRecord, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int:

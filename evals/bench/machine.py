@@ -26,6 +26,7 @@ RECORDED_SETTINGS = (
     "worker_concurrency",
     "embed_backend",
     "embed_batch_size",
+    "default_search_mode",
     "chunk_tokens",
     "chunk_overlap_tokens",
     "default_top_k",
@@ -56,10 +57,15 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def head_commit() -> str | None:
+    """The repository's HEAD commit, or None outside a git checkout."""
+    return _git("rev-parse", "HEAD") or None
+
+
 def git_commit() -> dict[str, Any]:
     """The commit measured, and whether the working tree differed from it (then the commit alone is not the code)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    return {"commit": head_commit(), "dirty": bool(status) if status is not None else None}
 
 
 def machine_record() -> dict[str, Any]:

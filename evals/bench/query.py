@@ -12,7 +12,6 @@ filter's selectivity changes how the engine searches. Every non-200 answer count
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.bench.loadgen import LoadSpec
+from evals.metrics import latency_summary
 
 DEFAULT_LEVELS = (1, 4, 16)
 _LOADGEN_GRACE_S = 120.0
@@ -61,20 +61,6 @@ def load_queries(dataset_dir: Path) -> list[str]:
     return queries
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), interpolating linearly between the two nearest order statistics (numpy's
-    default 'linear' method). Empty input: NaN."""
-    if not 0 <= q <= 100:
-        raise ValueError("q must be within [0, 100]")
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = q / 100 * (len(ordered) - 1)
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """One level's figures from the load generator's raw samples: latency of the answered requests (ms) and
     answered requests per second over the measured window; failures counted by status."""
@@ -84,6 +70,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     for _, _, status in samples:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
     wall_s = float(result["wall_s"])
+    latency = latency_summary(ok)  # the eval suites' percentiles: numpy's linear interpolation
     return {
         "clients": int(result["concurrency"]),
         "requests": len(samples),
@@ -92,9 +79,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "statuses": statuses,
         "errors": dict(sorted(result["errors"].items(), key=lambda item: -item[1])[:5]),
         "warmup_failures": int(result["warmup_failures"]),
-        "p50_ms": round(percentile(ok, 50), 2) if ok else None,
-        "p95_ms": round(percentile(ok, 95), 2) if ok else None,
-        "p99_ms": round(percentile(ok, 99), 2) if ok else None,
+        **{f"{q}_ms": round(latency[q], 2) if ok else None for q in ("p50", "p95", "p99")},
         "mean_ms": round(sum(ok) / len(ok), 2) if ok else None,
         "max_ms": round(max(ok), 2) if ok else None,
         "qps": round(len(ok) / wall_s, 2) if wall_s > 0 else 0.0,

@@ -39,6 +39,7 @@ from core.access import DocumentAcl, Principal
 from core.assets import MINILM
 from core.embedding import Embedder
 from core.records import Chunk, ChunkPoint
+from core.timing import timed
 from evals.bench.machine import machine_record
 from evals.datasets import load_beir
 from evals.metrics import fidelity_at_k, latency_summary
@@ -269,13 +270,6 @@ def _segment_indexes(path: Path) -> list[str]:
     return configs
 
 
-@contextmanager
-def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
-    started = time.perf_counter()
-    yield
-    seconds[step] = round(time.perf_counter() - started, 2)
-
-
 def _upsert(index: EdgeIndex, corpus: ReplicatedCorpus, tenant: str) -> None:
     for start in range(0, corpus.n, _BUILD_BATCH):  # ChunkPoints hold Python floats: build them batch by batch
         index.upsert([corpus.chunk_point(j, tenant) for j in range(start, min(corpus.n, start + _BUILD_BATCH))])
@@ -308,13 +302,13 @@ def build_index(
     index = EdgeIndex(path)
     index.ensure_ready(corpus.vectors.shape[1])
     seconds: dict[str, float] = {}
-    with _timed(seconds, "upsert"):
+    with timed(seconds, "upsert"):
         _upsert(index, corpus, tenant)
-    with _timed(seconds, "publish"):
+    with timed(seconds, "publish"):
         _publish(index, corpus, tenant)
-    with _timed(seconds, "optimize"):
+    with timed(seconds, "optimize"):
         optimized = index.optimize()
-    with _timed(seconds, "flush"):
+    with timed(seconds, "flush"):
         index.shard.flush()
     return BuiltIndex(index=index, corpus=corpus, stats=_stats(index, n_chunks, seconds, optimized))
 
@@ -324,11 +318,11 @@ def _stats(index: EdgeIndex, n_chunks: int, seconds: dict[str, float], optimized
     allocated, apparent = disk_usage(index.path)
     return BuildStats(
         n_chunks=n_chunks,
-        upsert_s=seconds["upsert"],
-        publish_s=seconds["publish"],
-        optimize_s=seconds["optimize"],
+        upsert_s=round(seconds["upsert"], 2),
+        publish_s=round(seconds["publish"], 2),
+        optimize_s=round(seconds["optimize"], 2),
         optimized=optimized,
-        flush_s=seconds["flush"],
+        flush_s=round(seconds["flush"], 2),
         segments=info.segments_count,
         points=info.points_count,
         indexed_vectors=info.indexed_vectors_count,

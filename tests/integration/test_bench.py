@@ -8,7 +8,6 @@ with the registry.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from api.cli import main
-from evals.bench.query import percentile, summarize
+from evals.bench.query import summarize
 from evals.bench.report import cell, format_report, table, write_json
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
@@ -28,17 +27,19 @@ STAGES = ("parse", "chunk", "embed", "index")
 
 
 @pytest.mark.unit
-def test_percentile_interpolates_linearly_like_numpy() -> None:
+def test_summary_percentiles_interpolate_linearly_like_numpy() -> None:
+    def level(latencies: list[float]) -> dict[str, Any]:
+        samples = [[0.1 * i, ms, 200] for i, ms in enumerate(latencies)]
+        return summarize({"concurrency": 1, "wall_s": 1.0, "samples": samples, "errors": {}, "warmup_failures": 0})
+
     values = [15.0, 20.0, 35.0, 40.0, 50.0]
-    assert percentile(values, 0) == 15.0
-    assert percentile(values, 100) == 50.0
-    assert percentile(values, 50) == 35.0
-    assert percentile(values, 40) == pytest.approx(29.0)  # rank 1.6: 20 + 0.6 * 15
-    assert percentile(list(reversed(values)), 95) == pytest.approx(48.0)  # order does not matter
-    assert percentile([7.0], 99) == 7.0
-    assert math.isnan(percentile([], 50))
-    with pytest.raises(ValueError):
-        percentile(values, 101)
+    assert level(values)["p50_ms"] == 35.0
+    assert level(list(reversed(values)))["p95_ms"] == pytest.approx(
+        48.0
+    )  # rank 3.8: 40 + 0.8 * 10; order does not matter
+    assert level(values)["p99_ms"] == pytest.approx(49.6)
+    assert level([7.0])["p99_ms"] == 7.0
+    assert level([])["p50_ms"] is None  # no answered request: no latency, not zero
 
 
 @pytest.mark.unit
