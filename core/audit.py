@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, select
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.access import Principal
 from core.db import Base, Database, as_utc, utcnow
+from core.logs import current_request_id
 
 
 class AuditAction(enum.StrEnum):
@@ -34,7 +35,8 @@ class AuditAction(enum.StrEnum):
 class AuditRow(Base):
     __tablename__ = "audit_log"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # 64-bit on Postgres (one record per query adds up); SQLite's rowid alias must be INTEGER.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     tenant: Mapped[str] = mapped_column(String(256), index=True)
     subject: Mapped[str] = mapped_column(String(300), index=True)
@@ -69,6 +71,12 @@ def _record(row: AuditRow) -> AuditRecord:
     )
 
 
+def _with_request_id(detail: dict[str, Any]) -> dict[str, Any]:
+    """The detail, plus the id of the request (or of the upload's request, in its task) it happened in."""
+    request_id = current_request_id()
+    return {**detail, "request_id": request_id} if request_id and "request_id" not in detail else detail
+
+
 class AuditLog:
     def __init__(self, database: Database) -> None:
         self._db = database
@@ -90,7 +98,7 @@ class AuditLog:
             action=action.value,
             target=target,
             outcome=outcome,
-            detail=detail or {},
+            detail=_with_request_id(detail or {}),
         )
         with self._db.session() as session:
             session.add(row)

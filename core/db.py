@@ -29,12 +29,22 @@ def as_utc(value: datetime) -> datetime:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite opens a transaction only at the first write, so a read-modify-write (read the status, then
+    # write it) could interleave with another thread's and lose its update: SQLite ignores FOR UPDATE.
+    # Transactions are begun explicitly instead (_sqlite_begin), taking the write lock at once.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the worker's writes
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes, one fsync per checkpoint
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    # IMMEDIATE: the write lock from the first statement, so each session() block is serialisable. In WAL
+    # mode this blocks other writers only (for busy_timeout); readers of the last commit go on.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -47,6 +57,7 @@ class Database:
         self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text, and_, exists, or_, select
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, and_, exists, func, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from sqlalchemy.types import DateTime
 
@@ -34,7 +34,7 @@ class DocumentRow(Base):
     file_name: Mapped[str] = mapped_column(String(1024))
     file_type: Mapped[str] = mapped_column(String(32))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)  # uploads may pass 2 GiB
     status: Mapped[str] = mapped_column(String(16), index=True)
     stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
@@ -156,18 +156,6 @@ class Registry:
         with self._db.session() as session:
             return _record(self._row(session, document_id))
 
-    def get_visible(self, principal: Principal, document_id: str) -> DocumentRecord:
-        """The document if the principal may read it; NotFound otherwise (existence is not leaked)."""
-        try:
-            record = self.get(document_id)
-        except NotFound:
-            record = None
-        if record is None or record.status is DocumentStatus.DELETED:
-            raise NotFound(f"document {document_id} not found")
-        if not principal.may_read(record.tenant, record.acl_tokens):
-            raise NotFound(f"document {document_id} not found")
-        return record
-
     def list_visible(
         self, principal: Principal, *, status: DocumentStatus | None, limit: int, cursor: str | None
     ) -> tuple[list[DocumentRecord], str | None]:
@@ -205,6 +193,12 @@ class Registry:
         )
         with self._db.session() as session:
             return [_record(row) for row in session.scalars(statement)]
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many documents are in each status, over every tenant (for the metrics)."""
+        statement = select(DocumentRow.status, func.count()).group_by(DocumentRow.status)
+        with self._db.session() as session:
+            return {status: count for status, count in session.execute(statement).tuples()}
 
     def unfinished(self) -> list[str]:
         """Ids of documents still queued or processing, oldest first (re-queued after a restart)."""

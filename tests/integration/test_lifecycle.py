@@ -8,7 +8,7 @@ import pytest
 
 from api.runtime import Runtime
 from core.records import Chunk, ChunkPoint, DocumentStatus, point_id
-from core.schema import create_schema
+from core.schema import migrate
 from tests.helpers import auth, query, settings_for, upload, wait_final
 from tests.integration.conftest import serve
 
@@ -72,7 +72,7 @@ def test_documents_survive_a_restart_and_unfinished_ones_are_resumed(tmp_path: P
         size_bytes=blob.size_bytes,
         acl_tokens=["user:alice"],
     )
-    create_schema(interrupted.database)
+    migrate(interrupted.database)
     interrupted.registry.start_attempt(blob_id)
     interrupted.stop()
 
