@@ -46,6 +46,9 @@ class VectorIndex(Protocol):
     def count_document(self, tenant: str, document_id: str, version: int | None = None) -> int:
         """How many chunks of the document (of one version, if given) the index holds."""
 
+    def check(self) -> None:
+        """Raise Unavailable unless the engine answers now and the collection exists (for /readyz)."""
+
     def search(
         self,
         principal: Principal,

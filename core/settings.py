@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     collection: str = Field(default="tessera_chunks", pattern=r"^[A-Za-z0-9_\-]{1,128}$")
+    # How a Qdrant server creates the collection (read once, when it does not exist yet): dense vectors on
+    # disk (memory-mapped) instead of in RAM; int8 scalar quantization of the dense vectors (the quantized
+    # copy stays in RAM, the originals rescore); shards and replicas for a cluster. Ignored by the embedded
+    # engines.
+    qdrant_on_disk: bool = False
+    qdrant_quantization: Literal["none", "int8"] = "none"
+    qdrant_shards: int = Field(default=1, ge=1, le=1024)
+    qdrant_replicas: int = Field(default=1, ge=1, le=16)
 
     # Registry: any SQLAlchemy URL; SQLite under data_dir when unset.
     registry_url: str | None = None
@@ -75,6 +83,13 @@ class Settings(BaseSettings):
     eval_llm_base_url: str | None = None
     eval_llm_model: str | None = None
     eval_llm_api_key: SecretStr | None = None
+
+    # Logs: "text" for a terminal, "json" (one object per line, with the request id) for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Service mode: the port on which each `tessera worker` serves its Prometheus metrics (unset: none). The
+    # API serves its own at /metrics; the embedded default has one process, so one endpoint.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     # The running server, for CLI commands that talk to it over HTTP.
     server_url: str = "http://127.0.0.1:8000"

@@ -161,6 +161,11 @@ class EdgeIndex:
         with self._lock:
             return int(self._guard(lambda: self.shard.count(request)))
 
+    def check(self) -> None:
+        request = edge.CountRequest(exact=False)
+        with self._lock:
+            self._guard(lambda: self.shard.count(request))
+
     def optimize(self) -> bool:
         """Build the HNSW graph (with the payload index's extra links) of every segment that needs one; True if
         anything was built. Qdrant Edge has no background optimizer: until this runs, points sit in plain segments

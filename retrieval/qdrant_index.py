@@ -1,5 +1,9 @@
 """The Qdrant adapter of the VectorIndex port: a Qdrant server by URL, or Qdrant's embedded local mode
 under the data directory (one process holds that directory).
+
+On a server the collection is created with the storage options of `CollectionOptions` (dense vectors on disk,
+int8 quantization, shards, replicas) and payload indexes on the fields every search filters by; local mode
+takes none of these (it keeps everything in memory and scans).
 """
 
 from __future__ import annotations
@@ -7,15 +11,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from functools import partial
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from core.access import Principal
-from core.errors import Unavailable
+from core.errors import ConfigError, Unavailable
 from core.index import SearchMode, newest_versions_only
 from core.records import ChunkPoint, SearchHit, StoredVector, point_id
 from retrieval.acl_filter import (
@@ -41,16 +47,40 @@ def _sparse(terms: SparseTerms) -> models.SparseVector:
     return models.SparseVector(indices=terms.indices, values=terms.values)
 
 
+@dataclass(frozen=True)
+class CollectionOptions:
+    """How a Qdrant server creates the collection (used once, when it does not exist yet)."""
+
+    on_disk: bool = False  # dense vectors memory-mapped from disk instead of held in RAM
+    quantization: Literal["none", "int8"] = "none"  # int8: a quantized copy in RAM, the originals rescore
+    shards: int = 1
+    replicas: int = 1
+
+    def quantization_config(self) -> models.ScalarQuantization | None:
+        if self.quantization == "none":
+            return None
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+        )
+
+
 class QdrantIndex:
     """VectorIndex on qdrant-client. Errors reaching the engine surface as Unavailable."""
 
     def __init__(
-        self, collection: str, *, url: str | None = None, path: Path | None = None, api_key: str | None = None
+        self,
+        collection: str,
+        *,
+        url: str | None = None,
+        path: Path | None = None,
+        api_key: str | None = None,
+        options: CollectionOptions | None = None,
     ) -> None:
         if (url is None) == (path is None):
             raise ValueError("give exactly one of url (Qdrant server) or path (embedded)")
         self.collection = collection
         self.embedded = path is not None
+        self.options = options or CollectionOptions()
         self._bm25 = Bm25Encoder()
         # qdrant-client's local mode is plain Python state with no locking, shared here by the API's
         # threads and the ingestion thread: serialise calls to it. A server needs no such lock.
@@ -69,13 +99,10 @@ class QdrantIndex:
             raise Unavailable(f"the vector index is unavailable: {exc}") from exc
 
     def ensure_ready(self, dimension: int) -> None:
-        def create() -> None:
-            if not self._client.collection_exists(self.collection):
-                self._client.create_collection(
-                    self.collection,
-                    vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE),
-                    sparse_vectors_config={SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-                )
+        def prepare() -> None:
+            created = not self._client.collection_exists(self.collection) and self._create(dimension)
+            if not created:
+                self._check_dimension(dimension)
             if self.embedded:  # local mode has no payload indexes (it scans); a server needs them
                 return
             tenant_index = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True)
@@ -89,7 +116,49 @@ class QdrantIndex:
             ):
                 self._client.create_payload_index(self.collection, field, field_schema=schema)
 
-        self._call(create)
+        self._call(prepare)
+
+    def _create(self, dimension: int) -> bool:
+        """Create the collection; False if another process created it first (a server answers 409)."""
+        sparse = {SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)}
+        if self.embedded:  # local mode takes no storage options
+            dense = models.VectorParams(size=dimension, distance=models.Distance.COSINE)
+            self._client.create_collection(self.collection, vectors_config=dense, sparse_vectors_config=sparse)
+            return True
+        options = self.options
+        dense = models.VectorParams(size=dimension, distance=models.Distance.COSINE, on_disk=options.on_disk)
+        try:
+            self._client.create_collection(
+                self.collection,
+                vectors_config=dense,
+                sparse_vectors_config=sparse,
+                quantization_config=options.quantization_config(),
+                shard_number=options.shards,
+                replication_factor=options.replicas,
+            )
+        except UnexpectedResponse as exc:
+            if exc.status_code == HTTPStatus.CONFLICT:  # an API and a worker starting together
+                return False
+            raise
+        return True
+
+    def _check_dimension(self, dimension: int) -> None:
+        """An existing collection must hold vectors of the model's size: otherwise every upsert would fail
+        later with the engine's own message, far from the cause."""
+        vectors = self._client.get_collection(self.collection).config.params.vectors
+        if isinstance(vectors, dict):  # named vectors only: not a collection this adapter made
+            vectors = vectors.get(_DENSE_VECTOR)
+        if vectors is None:
+            raise ConfigError(
+                f"the Qdrant collection {self.collection!r} has no unnamed dense vector: it was not made by "
+                "Tessera; set TESSERA_COLLECTION to another name"
+            )
+        if vectors.size != dimension:
+            raise ConfigError(
+                f"the Qdrant collection {self.collection!r} holds dense vectors of size {vectors.size}, but the "
+                f"embedding model makes vectors of size {dimension}: set TESSERA_COLLECTION to a new name (and "
+                "re-ingest), or delete the collection, or go back to the model it was made with"
+            )
 
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         structs = [
@@ -134,6 +203,10 @@ class QdrantIndex:
         selection = document_filter(tenant, document_id, version=version)
         result = self._call(lambda: self._client.count(self.collection, count_filter=selection, exact=True))
         return int(result.count)
+
+    def check(self) -> None:
+        if not self._call(lambda: self._client.collection_exists(self.collection)):
+            raise Unavailable(f"the vector index has no collection {self.collection!r}")
 
     def search(
         self,
