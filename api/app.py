@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from api import observability
 from api.auth import Authenticator
 from api.errors import install_error_handlers
+from api.observability import RequestObserver
 from api.routes import acl, apikeys, audit, documents, query
 from api.runtime import Runtime
 from core.settings import Settings, get_settings
@@ -40,12 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.authenticator = Authenticator(settings, runtime.api_keys)
     install_error_handlers(app)
-    for router in (documents.router, acl.router, query.router, apikeys.router, audit.router):
+    app.add_middleware(RequestObserver, metrics=runtime.metrics)
+    for router in (documents.router, acl.router, query.router, apikeys.router, audit.router, observability.router):
         app.include_router(router)
-
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
-
     return app

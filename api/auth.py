@@ -54,7 +54,7 @@ class TokenVerifier:
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
         except jwt.PyJWTError as exc:
-            raise AuthError("malformed token") from exc
+            raise AuthError("malformed token", reason="malformed") from exc
         key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
         if key is None or not isinstance(algorithm, str):
             raise AuthError(f"unsupported token algorithm; accepted: {', '.join(sorted(self._keys))}")
@@ -69,7 +69,7 @@ class TokenVerifier:
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise AuthError("token expired") from exc
+            raise AuthError("token expired", reason="expired") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
         return principal_from_claims(claims)
@@ -79,17 +79,17 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     """Build the Principal, refusing anything that is missing or of the wrong shape (fail closed)."""
     for claim in ("sub", "tenant", "groups"):
         if claim not in claims:
-            raise AuthError(f"token lacks the {claim!r} claim")
+            raise AuthError(f"token lacks the {claim!r} claim", reason="claims")
     groups = claims["groups"]
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        raise AuthError("the 'groups' claim must be a list of strings")
+        raise AuthError("the 'groups' claim must be a list of strings", reason="claims")
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-        raise AuthError("the 'roles' claim must be a list of strings")
+        raise AuthError("the 'roles' claim must be a list of strings", reason="claims")
     try:
         return Principal.of(tenant=claims["tenant"], subject=claims["sub"], groups=groups, is_admin=ADMIN_ROLE in roles)
     except AccessError as exc:
-        raise AuthError(f"token claims are malformed: {exc}") from exc
+        raise AuthError(f"token claims are malformed: {exc}", reason="claims") from exc
 
 
 def mint_token(

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from api.auth import mint_token
 from api.client import ClientError, TesseraClient
 from core.errors import ConfigError, TesseraError
+from core.logs import configure_logging
 from core.settings import Settings, get_settings, load_settings
 
 DEFAULT_TENANT = "default"
@@ -53,25 +54,50 @@ def _expand(paths: Sequence[str]) -> list[Path]:
     return files
 
 
+def _service_settings(args: argparse.Namespace) -> Settings:
+    """Settings for a long-running process, with its logging configured (--log-level over the setting)."""
+    settings = get_settings()
+    configure_logging(settings.log_format, (args.log_level or settings.log_level).upper())
+    return settings
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn  # imported here: keeps `tessera token` instant
 
     from api.app import create_app
 
-    uvicorn.run(create_app(get_settings()), host=args.host, port=args.port, log_level=args.log_level)
+    settings = _service_settings(args)
+    # Tessera's own middleware logs each request with its id (api/observability.py): no uvicorn access log,
+    # and no uvicorn logging config replacing the one just made.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from api.worker import run_worker  # the model stack, only for this command
 
+    settings = _service_settings(args)
     return run_worker(
-        get_settings(),
+        settings,
         concurrency=args.concurrency,
-        loglevel=args.log_level,
+        loglevel=(args.log_level or settings.log_level).upper(),
         pool=args.pool,
         embedded_index=args.embedded_index,
     )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from core.db import Database
+    from core.schema import migrate
+
+    settings = _service_settings(args)
+    database = Database(settings.registry_database_url)
+    try:
+        revision = migrate(database)
+    finally:
+        database.close()
+    print(f"the registry schema is at revision {revision}")
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -263,7 +289,8 @@ def cmd_eval_report(args: argparse.Namespace) -> int:
 def cmd_beat(args: argparse.Namespace) -> int:
     from api.worker import run_beat
 
-    return run_beat(get_settings(), loglevel=args.log_level)
+    settings = _service_settings(args)
+    return run_beat(settings, loglevel=(args.log_level or settings.log_level).upper())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -279,12 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the API (embedded default: with an in-process ingestion worker)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default=None, help="default TESSERA_LOG_LEVEL")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run Celery ingestion workers on Redis (service mode)")
     worker.add_argument("--concurrency", type=int, default=None)
-    worker.add_argument("--log-level", default="INFO")
+    worker.add_argument("--log-level", default=None, help="default TESSERA_LOG_LEVEL")
     worker.add_argument(
         "--pool",
         default="threads",
@@ -375,8 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_eval_report)
 
     beat = sub.add_parser("beat", help="Celery beat: schedules the nightly eval runs (service mode)")
-    beat.add_argument("--log-level", default="INFO")
+    beat.add_argument("--log-level", default=None, help="default TESSERA_LOG_LEVEL")
     beat.set_defaults(func=cmd_beat)
+
+    migrate = sub.add_parser("migrate", help="bring the registry's SQL schema to the newest revision, then exit")
+    migrate.add_argument("--log-level", default=None, help="default TESSERA_LOG_LEVEL")
+    migrate.set_defaults(func=cmd_migrate)
 
     demo = sub.add_parser("demo", help="start a server, upload as two users, query as each")
     demo.add_argument("--docs", default="../shared/docs", help="the documents to upload (default ../shared/docs)")

@@ -27,7 +27,7 @@ def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise AuthError("missing bearer token")
+        raise AuthError("missing bearer token", reason="missing")
     authenticator: Authenticator = request.app.state.authenticator
     return authenticator.authenticate(credentials.credentials)
 
@@ -58,10 +58,11 @@ def managed_document(runtime: Runtime, principal: Principal, document_id: str, a
         record = runtime.registry.get(document_id)
     except NotFound:
         raise missing from None
-    if record.status is DocumentStatus.DELETED or record.tenant != principal.tenant:
+    if record.status is DocumentStatus.DELETED:
         raise missing
     if principal.may_manage(record.tenant, record.owner):
         return record
+    runtime.metrics.acl_denied.labels(action=action.value).inc()
     if not principal.may_read(record.tenant, record.acl_tokens):
         raise missing
     runtime.audit.by(principal, action, "denied", target=document_id)
@@ -69,6 +70,18 @@ def managed_document(runtime: Runtime, principal: Principal, document_id: str, a
 
 
 def visible_document(runtime: Runtime, principal: Principal, document_id: str) -> DocumentRecord:
+    """The document if the principal may read it; 404 otherwise, whether it is missing or denied (a denial
+    is counted, not revealed)."""
+    missing = NotFound(f"document {document_id} not found")
     if not is_document_id(document_id):
-        raise NotFound(f"document {document_id} not found")
-    return runtime.registry.get_visible(principal, document_id)
+        raise missing
+    try:
+        record = runtime.registry.get(document_id)
+    except NotFound:
+        raise missing from None
+    if record.status is DocumentStatus.DELETED:
+        raise missing
+    if not principal.may_read(record.tenant, record.acl_tokens):  # another tenant's documents included
+        runtime.metrics.acl_denied.labels(action="document.read").inc()
+        raise missing
+    return record

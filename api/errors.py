@@ -27,6 +27,7 @@ def _response(status: int, detail: str, headers: dict[str, str] | None = None) -
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, AuthError):
+        request.app.state.runtime.metrics.auth_failures.labels(reason=exc.reason).inc()
         return _response(401, str(exc), {"WWW-Authenticate": "Bearer"})
     if isinstance(exc, NotFound):
         return _response(404, str(exc))

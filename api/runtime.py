@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import cached_property
 
 import tiktoken
@@ -23,9 +24,12 @@ from core.audit import AuditLog
 from core.blobs import BlobStore
 from core.db import Database
 from core.embedding import Embedder
+from core.errors import Unavailable
 from core.index import VectorIndex
+from core.metrics import Metrics
+from core.records import DocumentStatus
 from core.registry import Registry
-from core.schema import create_schema
+from core.schema import migrate
 from core.settings import Settings
 from ingest.chunk import Chunker
 from ingest.pipeline import IngestPipeline
@@ -35,6 +39,7 @@ from retrieval.service import Retriever
 
 log = logging.getLogger(__name__)
 _WORKER_STOP_TIMEOUT_S = 30.0
+_BROKER_CHECK_TIMEOUT_S = 2.0
 
 
 class Runtime:
@@ -47,8 +52,10 @@ class Runtime:
             self.celery, self.worker_pipeline, settings.task_max_attempts
         )
         self._worker: EmbeddedWorker | None = None
-        self._worker_storage_ready = False
-        self._worker_storage_lock = threading.Lock()
+        self._schema_migrated = False
+        self._schema_lock = threading.Lock()
+        self.metrics = Metrics()
+        self.metrics.watch_state(self._documents_by_status, self.queue_depth)
 
     @cached_property
     def database(self) -> Database:
@@ -95,26 +102,74 @@ class Runtime:
             embedder=self.embedder,
             chunker=chunker,
             audit=self.audit,
+            metrics=self.metrics,
         )
 
+    def migrate_schema(self) -> None:
+        """Bring the SQL schema to the newest revision, once per process."""
+        if not self._schema_migrated:
+            with self._schema_lock:
+                if not self._schema_migrated:
+                    migrate(self.database)
+                    self._schema_migrated = True
+
     def worker_pipeline(self) -> IngestPipeline:
-        """The pipeline, with the SQL schema made on first use in this process (a `tessera worker` process
+        """The pipeline, with the SQL schema migrated on first use in this process (a `tessera worker` process
         does not go through `start`; the pipeline makes the index collection ready itself)."""
-        if not self._worker_storage_ready:
-            with self._worker_storage_lock:
-                if not self._worker_storage_ready:
-                    create_schema(self.database)
-                    self._worker_storage_ready = True
+        self.migrate_schema()
         return self.pipeline
 
     @cached_property
     def retriever(self) -> Retriever:
         return Retriever(index=self.index, embedder=self.embedder, encoding=self.encoding)
 
+    def _documents_by_status(self) -> dict[str, int]:
+        # Before the schema is migrated (a `tessera worker` scraped before its first task), there is no table.
+        counts = self.registry.count_by_status() if self._schema_migrated else {}
+        return {status.value: counts.get(status.value, 0) for status in DocumentStatus}
+
+    def queue_depth(self) -> int:
+        """Ingestion tasks waiting in the broker (not those a worker holds)."""
+        with self.celery.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1, timeout=_BROKER_CHECK_TIMEOUT_S)
+            declared = connection.default_channel.queue_declare(queue=INGEST_QUEUE, passive=True)
+            return int(declared.message_count)
+
+    def readiness(self) -> dict[str, str]:
+        """Each dependency a request needs, checked now: "ok", or why not. The model must already be loaded
+        (a probe must not load it)."""
+        checks: dict[str, Callable[[], object]] = {
+            "registry": self.registry.count_by_status,
+            "index": self.index.check,
+            "queue": self._check_queue,
+            "model": self._check_model,
+        }
+        results = {}
+        for name, check in checks.items():
+            try:
+                check()
+                results[name] = "ok"
+            except Exception as exc:  # reported, not raised: the probe says which one failed
+                log.warning("readiness: %s is not ready: %s", name, exc)
+                results[name] = f"unavailable: {type(exc).__name__}"
+        return results
+
+    def _check_queue(self) -> None:
+        if self.settings.queue == "embedded":
+            if self._worker is None or not self._worker.alive:
+                raise Unavailable("the in-process ingestion worker is not running")
+            return
+        with self.celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=_BROKER_CHECK_TIMEOUT_S)
+
+    def _check_model(self) -> None:
+        if "embedder" not in self.__dict__ or not self.embedder.loaded:
+            raise Unavailable("the embedding model is not loaded")
+
     def prepare_storage(self) -> None:
         """Create the data directory, the registry schema and the collection; load the model."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        create_schema(self.database)
+        self.migrate_schema()
         self.index.ensure_ready(self.embedder.dimension)
         # Qdrant Edge builds its HNSW graph only when asked, and the build blocks the process: do it here,
         # before serving. Chunks written later are searched by a scan of their segment until the next start.
@@ -179,6 +234,10 @@ class EmbeddedWorker:
         )
         self._thread = threading.Thread(target=self._controller.start, name="tessera-ingest", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         if self._thread is None:

@@ -6,10 +6,11 @@ be a Qdrant server: the embedded engine's directory can be held by one process o
 
 from __future__ import annotations
 
+from prometheus_client import start_http_server
+
 from api.evaluation import register_nightly
 from api.runtime import Runtime
 from core.errors import ConfigError
-from core.schema import create_schema
 from core.settings import Settings
 from ingest.tasks import INGEST_QUEUE
 
@@ -30,7 +31,10 @@ def run_worker(
         raise ConfigError("--embedded-index needs --pool threads or solo: one process holds the embedded index")
     runtime = Runtime(settings)
     register_nightly(runtime)
-    create_schema(runtime.database)
+    runtime.migrate_schema()
+    if settings.worker_metrics_port is not None:
+        # Task durations by stage and outcomes of this process; documents by status and the queue's depth.
+        start_http_server(settings.worker_metrics_port, registry=runtime.metrics.registry)
     runtime.celery.worker_main(
         [
             "worker",

@@ -115,12 +115,12 @@ class ApiKeys:
         """The principal of a valid, unrevoked key; AuthError otherwise."""
         match = _KEY_SHAPE.match(key)
         if match is None:
-            raise AuthError("malformed API key")
+            raise AuthError("malformed API key", reason="api_key")
         key_id, secret = match.groups()
         with self._db.session() as session:
             row = session.get(ApiKeyRow, key_id)
             if row is None or not hmac.compare_digest(row.secret_sha256, _digest(secret)):
-                raise AuthError("unknown API key")
+                raise AuthError("unknown API key", reason="api_key")
             if row.revoked_at is not None:
-                raise AuthError("API key revoked")
+                raise AuthError("API key revoked", reason="api_key")
             return Principal.of(row.tenant, SERVICE_SUBJECT_PREFIX + row.name, row.groups)

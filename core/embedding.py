@@ -123,6 +123,11 @@ class Embedder:
     def warm_up(self) -> None:
         self._get_model()
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory (asking does not load it)."""
+        return self._model is not None
+
     def _get_model(self) -> EncoderModel:
         with self._load_lock:
             if self._model is None:

@@ -29,7 +29,12 @@ class AssetError(TesseraError):
 
 
 class AuthError(TesseraError):
-    """The caller could not be authenticated."""
+    """The caller could not be authenticated. `reason` is a short fixed label for metrics (missing, malformed,
+    expired, invalid, claims, api_key); the message says more."""
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AccessError(TesseraError):

@@ -25,6 +25,7 @@ from core.blobs import BlobStore
 from core.embedding import Embedder
 from core.errors import DocumentRejected, NotFound, Unavailable
 from core.index import VectorIndex
+from core.metrics import Metrics
 from core.records import Chunk, ChunkPoint, DocumentRecord, DocumentStatus, IngestStage
 from core.registry import Registry
 from core.timing import timed
@@ -60,6 +61,7 @@ class IngestPipeline:
         embedder: Embedder,
         chunker: Chunker,
         audit: AuditLog,
+        metrics: Metrics,
     ) -> None:
         self.registry = registry
         self.blobs = blobs
@@ -67,6 +69,7 @@ class IngestPipeline:
         self.embedder = embedder
         self.chunker = chunker
         self.audit = audit
+        self.metrics = metrics
         self._index_ready = False
 
     def run(self, document_id: str) -> IngestOutcome:
@@ -111,6 +114,7 @@ class IngestPipeline:
             "stages": {stage: round(spent, 4) for stage, spent in stages.items()},
         }
         self._audit(record, "ready", detail)
+        self.metrics.observe_stages(stages)
         log.info("ingest: %s v%d ready with %d chunks in %.2fs", document_id, record.version, count, seconds)
         return IngestOutcome(document_id, DocumentStatus.READY, count, seconds)
 
@@ -125,6 +129,7 @@ class IngestPipeline:
             log.warning("ingest: could not remove unpublished chunks of %s: %s", document_id, exc)
 
     def _audit(self, record: DocumentRecord, outcome: str, detail: dict[str, object]) -> None:
+        self.metrics.ingest_outcomes.labels(outcome=outcome).inc()
         self.audit.write(
             tenant=record.tenant,
             subject=WORKER_SUBJECT,

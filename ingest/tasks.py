@@ -16,6 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from core.errors import Unavailable
+from core.logs import current_request_id, log_context
 from core.settings import Settings
 from ingest.pipeline import IngestPipeline
 
@@ -67,7 +68,11 @@ def register_ingest_task(app: Celery, pipeline: PipelineProvider, max_attempts: 
 
     # shared=False: the task closes over this app's pipeline and must not be copied into other apps.
     @app.task(name=INGEST_TASK_NAME, bind=True, max_retries=max_retries, queue=INGEST_QUEUE, shared=False)  # type: ignore[untyped-decorator]
-    def ingest_document(self: Task, *, document_id: str) -> dict[str, Any]:  # type: ignore[type-arg]
+    def ingest_document(self: Task, *, document_id: str, request_id: str | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
+        with log_context(request_id=request_id or f"task-{self.request.id}", document_id=document_id):
+            return attempt(self, document_id)
+
+    def attempt(self: Task, document_id: str) -> dict[str, Any]:  # type: ignore[type-arg]
         runner = pipeline()
         try:
             outcome = runner.run(document_id)
@@ -91,8 +96,10 @@ def register_ingest_task(app: Celery, pipeline: PipelineProvider, max_attempts: 
 
 
 def enqueue(task: Task, document_id: str) -> None:  # type: ignore[type-arg]
-    """Send one document to the ingestion queue; Unavailable when the broker cannot be reached."""
+    """Send one document to the ingestion queue, with the current request's id for its logs; Unavailable
+    when the broker cannot be reached."""
+    kwargs = {"document_id": document_id, "request_id": current_request_id()}
     try:
-        task.apply_async(kwargs={"document_id": document_id}, queue=INGEST_QUEUE, retry=True)
+        task.apply_async(kwargs=kwargs, queue=INGEST_QUEUE, retry=True)
     except (KombuOperationalError, OSError) as exc:
         raise Unavailable(f"the ingestion queue is unavailable: {exc}") from exc

@@ -24,6 +24,7 @@ def query(body: QueryIn, principal: PrincipalDep, runtime: RuntimeDep) -> QueryO
     budget = body.max_context_tokens or settings.default_max_context_tokens
     mode = body.mode or SearchMode(settings.default_search_mode)
     result = runtime.retriever.query(principal, body.query, top_k, budget, mode)
+    runtime.metrics.query_results.labels(mode=mode.value).observe(len(result.hits))
     # Written before answering: a query that cannot be audited is not answered.
     runtime.audit.by(
         principal,

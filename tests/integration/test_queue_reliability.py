@@ -7,21 +7,24 @@ back, and the document ends `ready` exactly once with no duplicate chunks.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from api.runtime import EmbeddedWorker, Runtime
 from core.audit import AuditAction
 from core.records import DocumentStatus, IngestStage
-from core.schema import create_schema
+from core.schema import migrate
 from ingest.tasks import enqueue
 from retrieval.factory import create_index
 from tests.conftest import SECRET
@@ -56,7 +59,7 @@ def _add_document(runtime: Runtime, path: Path, document_id: str) -> None:
     )
 
 
-def _worker(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def _worker(data_dir: Path, log: Path, metrics_port: int | None = None) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "TESSERA_JWT_SECRET": SECRET,
@@ -64,9 +67,18 @@ def _worker(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
         "TESSERA_QUEUE": "redis",
         "TESSERA_REDIS_URL": REDIS_URL,
         "TESSERA_QUEUE_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
+        "TESSERA_LOG_FORMAT": "json",
     }
+    if metrics_port is not None:
+        env["TESSERA_WORKER_METRICS_PORT"] = str(metrics_port)
     command = [sys.executable, "-m", "api.cli", "worker", "--pool", "solo", "--embedded-index", "--log-level", "INFO"]
     return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _wait(condition: object, timeout_s: float, what: str) -> None:
@@ -82,7 +94,7 @@ def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_on
 ) -> None:
     settings = settings_for(tmp_path, queue="redis", redis_url=REDIS_URL, queue_visibility_timeout_s=VISIBILITY_S)
     runtime = Runtime(settings)  # registry, blobs and the queue only: the index belongs to the workers
-    create_schema(runtime.database)
+    migrate(runtime.database)
     document_id = "feedfacefeedfacefeedfacefeedface"
     _add_document(runtime, shared_docs / "norwich-city.txt", document_id)
     enqueue(runtime.ingest_task, document_id)
@@ -99,9 +111,15 @@ def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_on
     killed = runtime.registry.get(document_id)
     assert killed.status is DocumentStatus.PROCESSING and killed.attempts == 1
 
-    second = _worker(tmp_path, log)
+    metrics_port = _free_port()
+    second = _worker(tmp_path, log, metrics_port)
     try:
         _wait(lambda: runtime.registry.get(document_id).status.is_final, 180, "the second worker to finish")
+        # The replacement's own metrics: its one ingestion, by stage, and the registry's count.
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'tessera_ingest_documents_total{outcome="ready"} 1.0' in metrics
+        assert 'tessera_ingest_stage_duration_seconds_count{stage="embed"} 1.0' in metrics
+        assert 'tessera_documents{status="ready"} 1.0' in metrics
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(60)
@@ -109,6 +127,11 @@ def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_on
     print(f"\nkilled worker -> replacement: {record.status}, {record.attempts} attempts, {record.chunk_count} chunks")
     assert record.status is DocumentStatus.READY, log.read_text()[-3000:]
     assert record.attempts == 2 and record.chunk_count > 50
+    # JSON log lines; the task's carry its document id and one request id (the task's: no request sent it).
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    task_lines = [line for line in lines if line.get("document_id") == document_id]
+    assert any("ready with" in line["message"] for line in task_lines)
+    assert len({line["request_id"] for line in task_lines}) == 1 and task_lines[0]["request_id"].startswith("task-")
 
     index = create_index(settings)  # the workers are gone: open it here
     try:
@@ -124,7 +147,7 @@ def test_transient_errors_retry_with_backoff_then_fail_after_three_attempts(tmp_
     # A real Qdrant client pointed at a port where no server listens: every write is refused.
     settings = settings_for(tmp_path, qdrant_url="http://127.0.0.1:9")
     runtime = Runtime(settings)
-    create_schema(runtime.database)
+    migrate(runtime.database)
     document_id = "0badc0de0badc0de0badc0de0badc0de"
     _add_document(runtime, shared_docs / "book-war-and-peace-1p.txt", document_id)
     worker = EmbeddedWorker(runtime.celery, concurrency=2)
