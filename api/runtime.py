@@ -32,7 +32,9 @@ from core.registry import Registry
 from core.schema import migrate
 from core.settings import Settings
 from ingest.chunk import Chunker
+from ingest.parse import IsolatedParser, parse_limits
 from ingest.pipeline import IngestPipeline
+from ingest.sandbox import start_server
 from ingest.tasks import INGEST_QUEUE, create_celery, enqueue, register_ingest_task
 from retrieval.factory import create_index
 from retrieval.service import Retriever
@@ -101,9 +103,15 @@ class Runtime:
             index=self.index,
             embedder=self.embedder,
             chunker=chunker,
+            parser=IsolatedParser(parse_limits(self.settings)),
             audit=self.audit,
             metrics=self.metrics,
+            max_attempts=self.settings.task_max_attempts,
         )
+
+    def start_parse_server(self) -> None:
+        """The parse sandbox's fork server, loading the parser in the background while the model loads."""
+        start_server()
 
     def migrate_schema(self) -> None:
         """Bring the SQL schema to the newest revision, once per process."""
@@ -170,6 +178,7 @@ class Runtime:
         """Create the data directory, the registry schema and the collection; load the model."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.migrate_schema()
+        self.start_parse_server()
         self.index.ensure_ready(self.embedder.dimension)
         # Qdrant Edge builds its HNSW graph only when asked, and the build blocks the process: do it here,
         # before serving. Chunks written later are searched by a scan of their segment until the next start.

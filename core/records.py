@@ -113,6 +113,8 @@ class DocumentRecord:
     version: int
     live_version: int | None
     attempts: int
+    # `attempts` when it was last queued again (POST .../retry): the attempts since then are this one's to limit.
+    attempts_at_queue: int
     created_at: datetime
     updated_at: datetime
 

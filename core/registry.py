@@ -42,6 +42,7 @@ class DocumentRow(Base):
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts_at_queue: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     version: Mapped[int] = mapped_column(Integer, default=1)
     live_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -79,6 +80,7 @@ def _record(row: DocumentRow) -> DocumentRecord:
         version=row.version,
         live_version=row.live_version,
         attempts=row.attempts,
+        attempts_at_queue=row.attempts_at_queue,
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
     )
@@ -141,6 +143,7 @@ class Registry:
             chunk_count=0,
             failure_reason=None,
             attempts=0,
+            attempts_at_queue=0,
             version=1,
             live_version=None,
             created_at=now,
@@ -255,11 +258,13 @@ class Registry:
 
     def mark_queued(self, document_id: str) -> DocumentRecord:
         """Back to `queued` for another attempt (POST .../retry, or recovery). `attempts` keeps counting the
-        attempts at this version: the pipeline relies on it to know whether an earlier one wrote chunks."""
+        attempts at this version: the pipeline relies on it to know whether an earlier one wrote chunks; the
+        attempt limit counts from here."""
         with self._db.session() as session:
             row = self._row(session, document_id)
             if row.status == DocumentStatus.DELETED.value:
                 raise NotFound(f"document {document_id} not found")
+            row.attempts_at_queue = row.attempts
             row.status = DocumentStatus.QUEUED.value
             row.stage = None
             row.failure_reason = None
@@ -275,7 +280,7 @@ class Registry:
             row.version += 1
             row.sha256, row.size_bytes, row.file_type = sha256, size_bytes, file_type
             row.status = DocumentStatus.QUEUED.value
-            row.attempts = 0
+            row.attempts = row.attempts_at_queue = 0
             row.stage = None
             row.failure_reason = None
             row.updated_at = utcnow()

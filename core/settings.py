@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(default=200, ge=32, le=2048)
     chunk_overlap_tokens: int = Field(default=20, ge=0, le=512)
     embed_batch_size: int = Field(default=32, ge=1, le=1024)
+    # Parsing runs in a sandboxed child process (ingest/sandbox.py) with these limits; a document past one ends
+    # `failed` with the reason. The memory cap is on the child's data segment, which starts near 750 MiB with
+    # the parser loaded. Archive limits (ingest/archive.py says why these values): entries, what all entries
+    # decompress to, and the compression ratio of any entry past 1 MiB (the shared documents' worst is 32).
+    parse_memory_mb: int = Field(default=2048, ge=1024, le=65536)
+    parse_timeout_s: int = Field(default=300, ge=1, le=3600)
+    pdf_max_pages: int = Field(default=2000, ge=1, le=100_000)
+    archive_max_entries: int = Field(default=10_000, ge=10)
+    archive_max_uncompressed_mb: int = Field(default=512, ge=1)
+    archive_max_ratio: int = Field(default=200, ge=10)
     # The embedding backend: sentence-transformers ("torch": fp32 on CPU, fp16 on CUDA where present), or an
     # int8 ONNX export of the same model ("onnx-int8"), made offline under <data_dir>/models on first start.
     embed_backend: Literal["torch", "onnx-int8"] = "torch"

@@ -1,11 +1,15 @@
 """Parse: uploaded bytes -> structural elements, with unstructured (fast strategy for PDFs, no OCR).
 
-Refusals are DocumentRejected with a reason a person can read; the document then ends `failed`.
+Refusals are DocumentRejected with a reason a person can read; the document then ends `failed`. The
+pipeline parses through IsolatedParser: the archive and page checks, then unstructured, in a sandboxed
+child process (ingest/sandbox.py).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +26,9 @@ from unstructured.partition.auto import partition
 from core.assets import spacy_model_dir
 from core.errors import DocumentRejected, UnsupportedType
 from core.records import Element
+from core.settings import Settings
+from ingest.archive import ArchiveLimits, check_archive
+from ingest.sandbox import ChildLimits, run_isolated
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,16 @@ _TEXT_TYPES = {FileType.TXT, FileType.MD, FileType.CSV, FileType.TSV, FileType.H
 # unstructured needs sentence boundaries and part-of-speech tags. The sentence recognizer gives the
 # boundaries at a fraction of the dependency parser's cost (parsing was ~40% of parse time on short text).
 _SPACY_EXCLUDE = ["ner", "lemmatizer", "attribute_ruler", "parser"]
+_ARCHIVE_TYPES = {FileType.DOCX, FileType.PPTX, FileType.XLSX, FileType.ODT, FileType.EPUB}
+_OOXML_TYPES = {FileType.DOCX, FileType.PPTX, FileType.XLSX}  # no DOCTYPE in any of their parts
+_PARTITIONERS = ("docx", "pptx", "xlsx", "odt", "epub", "rtf", "html", "md", "text", "csv", "tsv", "email", "pdf")
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    child: ChildLimits
+    archive: ArchiveLimits
+    pdf_max_pages: int
 
 
 @lru_cache(maxsize=1)
@@ -76,13 +93,16 @@ def detect_type(source: BinaryIO, file_name: str) -> FileType:
     return file_type
 
 
-def _check_pdf_readable(path: Path) -> None:
+def _check_pdf(path: Path, max_pages: int) -> None:
     try:
         reader = pypdf.PdfReader(str(path))
         if reader.is_encrypted and not reader.decrypt(""):
             raise DocumentRejected("encrypted PDF: no extractable text without the password")
+        pages = len(reader.pages)
     except PdfReadError as exc:
         raise DocumentRejected(f"damaged PDF: {exc}") from exc
+    if pages > max_pages:
+        raise DocumentRejected(f"the PDF has {pages} pages; the limit is {max_pages}")
 
 
 def _text_encoding(path: Path, file_type: FileType) -> str | None:
@@ -96,10 +116,45 @@ def _text_encoding(path: Path, file_type: FileType) -> str | None:
     return "utf-8"
 
 
-def parse(path: Path, file_type: FileType, file_name: str) -> list[Element]:
-    """Partition the file into elements with text; DocumentRejected when there is nothing to index."""
+def parse_limits(settings: Settings) -> ParseLimits:
+    return ParseLimits(
+        child=ChildLimits(memory_bytes=settings.parse_memory_mb * 2**20, seconds=settings.parse_timeout_s),
+        archive=ArchiveLimits(
+            max_entries=settings.archive_max_entries,
+            max_total_bytes=settings.archive_max_uncompressed_mb * 2**20,
+            max_ratio=settings.archive_max_ratio,
+        ),
+        pdf_max_pages=settings.pdf_max_pages,
+    )
+
+
+def warm_up() -> None:
+    """Load the language model and every partitioner now (unstructured imports them on first use)."""
+    _spacy_pipeline()
+    for name in _PARTITIONERS:
+        importlib.import_module(f"unstructured.partition.{name}")
+
+
+class IsolatedParser:
+    """The pipeline's parse step: `parse` in a sandboxed child, within the limits."""
+
+    def __init__(self, limits: ParseLimits) -> None:
+        self.limits = limits
+
+    def parse(self, path: Path, file_type: FileType, file_name: str) -> list[Element]:
+        elements: list[Element] = run_isolated(
+            parse, path, file_type, file_name, self.limits, limits=self.limits.child, what="parsing"
+        )
+        return elements
+
+
+def parse(path: Path, file_type: FileType, file_name: str, limits: ParseLimits) -> list[Element]:
+    """Check the file against the limits, then partition it into elements with text; DocumentRejected when
+    it is refused or there is nothing to index."""
+    if file_type in _ARCHIVE_TYPES:
+        check_archive(path, limits.archive, forbid_doctype=file_type in _OOXML_TYPES)
     if file_type is FileType.PDF:
-        _check_pdf_readable(path)
+        _check_pdf(path, limits.pdf_max_pages)
     try:
         parts: list[UnstructuredElement] = partition(
             filename=str(path),

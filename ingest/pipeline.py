@@ -30,7 +30,7 @@ from core.records import Chunk, ChunkPoint, DocumentRecord, DocumentStatus, Inge
 from core.registry import Registry
 from core.timing import timed
 from ingest.chunk import Chunker
-from ingest.parse import parse
+from ingest.parse import IsolatedParser
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,18 @@ class IngestPipeline:
         index: VectorIndex,
         embedder: Embedder,
         chunker: Chunker,
+        parser: IsolatedParser,
         audit: AuditLog,
         metrics: Metrics,
+        max_attempts: int,
     ) -> None:
         self.registry = registry
         self.blobs = blobs
         self.index = index
         self.embedder = embedder
         self.chunker = chunker
+        self.parser = parser
+        self.max_attempts = max_attempts
         self.audit = audit
         self.metrics = metrics
         self._index_ready = False
@@ -86,6 +90,15 @@ class IngestPipeline:
             return IngestOutcome(document_id, DocumentStatus.FAILED, 0, 0.0, "not in the registry")
         if record.status.is_final:
             return IngestOutcome(document_id, record.status, record.chunk_count, 0.0, record.failure_reason)
+        if attempt - record.attempts_at_queue > self.max_attempts:
+            # Only a task delivered again after its worker died gets here (errors count through the task's
+            # retries): a document that kills its worker every time must not stop the queue forever.
+            reason = (
+                f"gave up after {self.max_attempts} attempts: the worker stopped each time while ingesting it "
+                f"(last stage: {record.stage.value if record.stage else 'none'})"
+            )
+            self.fail(document_id, reason)
+            return IngestOutcome(document_id, DocumentStatus.FAILED, 0, 0.0, reason)
         log.info("ingest: %s v%d (%s) attempt %d", document_id, record.version, record.file_name, attempt)
         stages: dict[str, float] = {}
         try:
@@ -147,7 +160,7 @@ class IngestPipeline:
         self.registry.set_stage(document_id, IngestStage.PARSING)
         with timed(stages, "parse"):
             path = self.blobs.path_for(document_id, version)
-            elements = parse(path, FileType[record.file_type], record.file_name)
+            elements = self.parser.parse(path, FileType[record.file_type], record.file_name)
         self.registry.set_stage(document_id, IngestStage.CHUNKING, 0, len(elements))
         with timed(stages, "chunk"):
             chunks = self.chunker.chunk(elements)

@@ -295,15 +295,16 @@ def chunk_texts_by_pipeline(settings: Settings, documents: Sequence[BenchDocumen
 
     from core.assets import load_encoding
     from ingest.chunk import Chunker
-    from ingest.parse import parse
+    from ingest.parse import parse, parse_limits
 
+    limits = parse_limits(settings)
     chunker = Chunker(load_encoding(), settings.chunk_tokens, settings.chunk_overlap_tokens)
     texts: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tessera-bench-chunks-") as tmp:
         for document in documents:
             path = Path(tmp) / document.file_name
             path.write_bytes(document.content)
-            texts.extend(chunk.text for chunk in chunker.chunk(parse(path, FileType.TXT, document.file_name)))
+            texts.extend(chunk.text for chunk in chunker.chunk(parse(path, FileType.TXT, document.file_name, limits)))
             path.unlink()
     return texts
 

@@ -16,7 +16,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from api.app import create_app
 from api.cli import main
@@ -27,7 +27,7 @@ from core.db import Base, Database, utcnow
 from core.errors import AuthError, NotFound, Unavailable
 from core.records import DocumentRecord, DocumentStatus, IngestStage
 from core.registry import Registry
-from core.schema import alembic_config, current_revision, head_revision, migrate
+from core.schema import INITIAL_REVISION, alembic_config, current_revision, head_revision, migrate
 from core.settings import get_settings
 from tests.conftest import SECRET
 from tests.helpers import auth, query, settings_for, upload, wait_final
@@ -111,11 +111,23 @@ def test_concurrent_starts_migrate_once_and_all_succeed(database_url: str) -> No
 
 def test_tables_made_before_migrations_are_stamped_and_kept(database_url: str) -> None:
     legacy = Database(database_url)
-    Base.metadata.create_all(legacy.engine)
-    _add(Registry(legacy), "e" * 32)
+    # The schema create_all made before migrations existed is revision 0001's, without alembic_version.
+    with legacy.engine.begin() as connection:
+        command.upgrade(alembic_config(connection), INITIAL_REVISION)
+        connection.execute(text("DROP TABLE alembic_version"))
+    with legacy.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO documents (id, tenant, owner, file_name, file_type, sha256, size_bytes, status,"
+                " progress_done, progress_total, chunk_count, attempts, version, created_at, updated_at)"
+                " VALUES (:id, 'acme', 'alice', 'old.txt', 'TXT', :sha, 1, 'ready', 0, 0, 1, 1, 1, :now, :now)"
+            ),
+            {"id": "e" * 32, "sha": "ab" * 32, "now": utcnow()},
+        )
     assert current_revision(legacy) is None
     assert migrate(legacy) == head_revision()
-    assert Registry(legacy).get("e" * 32).owner == "alice"
+    kept = Registry(legacy).get("e" * 32)
+    assert (kept.owner, kept.status, kept.attempts_at_queue) == ("alice", DocumentStatus.READY, 0)
     legacy.close()
 
 
