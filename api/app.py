@@ -13,7 +13,7 @@ from api import observability
 from api.auth import Authenticator
 from api.errors import install_error_handlers
 from api.observability import RequestObserver
-from api.routes import acl, apikeys, audit, documents, query
+from api.routes import acl, admin, apikeys, audit, documents, query
 from api.runtime import Runtime
 from core.settings import Settings, get_settings
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = Authenticator(settings, runtime.api_keys)
     install_error_handlers(app)
     app.add_middleware(RequestObserver, metrics=runtime.metrics)
-    for router in (documents.router, acl.router, query.router, apikeys.router, audit.router, observability.router):
-        app.include_router(router)
+    routers = (documents, acl, query, apikeys, audit, admin, observability)
+    for module in routers:
+        app.include_router(module.router)
     return app

@@ -159,6 +159,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    with _client(args, admin=True) as client:
+        report = client.check(repair=args.repair)
+    for finding in report["findings"]:
+        print(f"{finding['document_id']}  {finding['problem']}  ->  {finding['repair']}")
+    state = "consistent" if report["consistent"] else ("repaired" if report["repaired"] else "INCONSISTENT")
+    print(f"{state}: {report['documents']} documents, {report['chunks']} chunks, {len(report['findings'])} findings")
+    return 0 if report["consistent"] or report["repaired"] else 1
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     files = _expand(args.paths)
     with _client(args) as client:
@@ -374,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=100)
     audit.add_argument("--url", default=None, help="server URL (default TESSERA_SERVER_URL)")
     audit.set_defaults(func=cmd_audit)
+
+    check = sub.add_parser("check", help="do the registry and the index agree on a tenant's documents? (as its admin)")
+    check.add_argument("--tenant", required=True)
+    check.add_argument("--user", default="tessera-cli", help="the admin subject to act as")
+    check.add_argument("--repair", action="store_true", help="make the index agree with the registry")
+    check.add_argument("--url", default=None, help="server URL (default TESSERA_SERVER_URL)")
+    check.set_defaults(func=cmd_check)
 
     evaluation = sub.add_parser("eval", help="evaluation suites: relevance, retrieval time, leaks")
     eval_sub = evaluation.add_subparsers(dest="action", required=True)

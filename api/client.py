@@ -124,6 +124,9 @@ class TesseraClient:
     def revoke_api_key(self, key_id: str) -> Any:
         return self._checked(self._http.delete(f"/v1/apikeys/{key_id}"))
 
+    def check(self, *, repair: bool) -> Any:
+        return self._checked(self._http.post("/v1/admin/check", json={"repair": repair}))
+
     def audit(
         self, *, subject: str | None = None, since: str | None = None, until: str | None = None, limit: int = 100
     ) -> list[Any]:

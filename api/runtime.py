@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 
 import tiktoken
 from celery import Celery, Task
@@ -32,6 +33,7 @@ from core.registry import Registry
 from core.schema import migrate
 from core.settings import Settings
 from ingest.chunk import Chunker
+from ingest.consistency import CheckReport, check
 from ingest.parse import IsolatedParser, parse_limits
 from ingest.pipeline import IngestPipeline
 from ingest.sandbox import start_server
@@ -153,9 +155,9 @@ class Runtime:
             "model": self._check_model,
         }
         results = {}
-        for name, check in checks.items():
+        for name, probe in checks.items():
             try:
-                check()
+                probe()
                 results[name] = "ok"
             except Exception as exc:  # reported, not raised: the probe says which one failed
                 log.warning("readiness: %s is not ready: %s", name, exc)
@@ -192,7 +194,19 @@ class Runtime:
         if self.settings.queue == "embedded":
             self._worker = EmbeddedWorker(self.celery, self.settings.worker_concurrency)
             self._worker.start()
+            if self._running_marker.exists():  # the last process on this directory did not stop cleanly
+                report = self.check_consistency(repair=True)
+                log.warning("unclean stop: check found %d problems and repaired them", len(report.findings))
+            self._running_marker.touch()
             self.requeue_unfinished()
+
+    def check_consistency(self, *, repair: bool, tenant: str | None = None) -> CheckReport:
+        """Do the registry and the index agree (of one tenant, or all)? With `repair`, make the index agree."""
+        return check(self.registry, self.index, repair=repair, requeue=self._ingest_again, tenant=tenant)
+
+    def _ingest_again(self, document_id: str) -> None:
+        self.registry.mark_queued(document_id)
+        self.submit(document_id)
 
     def requeue_unfinished(self) -> int:
         """Send documents left queued or processing (by a crash or a restart) back to the queue."""
@@ -206,10 +220,16 @@ class Runtime:
     def submit(self, document_id: str) -> None:
         enqueue(self.ingest_task, document_id)
 
+    @property
+    def _running_marker(self) -> Path:
+        """Present while an embedded process holds the data directory; left behind by a crash or a kill."""
+        return self.settings.data_dir / "running"
+
     def stop(self) -> None:
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+            self._running_marker.unlink(missing_ok=True)
         if "index" in self.__dict__:
             self.index.close()
         if "database" in self.__dict__:

@@ -30,6 +30,7 @@ class AuditAction(enum.StrEnum):
     INGESTED = "document.ingested"
     APIKEY_CREATE = "apikey.create"
     APIKEY_REVOKE = "apikey.revoke"
+    CHECK = "index.check"
 
 
 class AuditRow(Base):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from core.access import Principal
-from core.records import ChunkPoint, SearchHit, StoredVector
+from core.records import ChunkPoint, SearchHit, StoredChunk, StoredVector
 
 
 class SearchMode(enum.StrEnum):
@@ -45,6 +45,9 @@ class VectorIndex(Protocol):
 
     def count_document(self, tenant: str, document_id: str, version: int | None = None) -> int:
         """How many chunks of the document (of one version, if given) the index holds."""
+
+    def chunks(self) -> list[StoredChunk]:
+        """Every chunk the index holds, over all tenants, without text or vector: for `tessera check`."""
 
     def check(self) -> None:
         """Raise Unavailable unless the engine answers now and the collection exists (for /readyz)."""

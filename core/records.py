@@ -120,6 +120,18 @@ class DocumentRecord:
 
 
 @dataclass(frozen=True)
+class StoredChunk:
+    """What the index holds about one chunk, without its text or vector (for the consistency check)."""
+
+    tenant: str
+    document_id: str
+    version: int
+    chunk_index: int
+    live: bool
+    acl_tokens: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class StoredVector:
     """One stored chunk with its vector, for offline checks (exact search in the eval suites)."""
 

@@ -197,6 +197,14 @@ class Registry:
         with self._db.session() as session:
             return [_record(row) for row in session.scalars(statement)]
 
+    def records(self, tenant: str | None = None) -> list[DocumentRecord]:
+        """Every document (of one tenant, if given), deleted ones included: for the consistency check."""
+        statement = select(DocumentRow).order_by(DocumentRow.created_at)
+        if tenant is not None:
+            statement = statement.where(DocumentRow.tenant == tenant)
+        with self._db.session() as session:
+            return [_record(row) for row in session.scalars(statement)]
+
     def count_by_status(self) -> dict[str, int]:
         """How many documents are in each status, over every tenant (for the metrics)."""
         statement = select(DocumentRow.status, func.count()).group_by(DocumentRow.status)

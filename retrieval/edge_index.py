@@ -19,7 +19,7 @@ from qdrant_client import models
 from core.access import Principal
 from core.errors import Unavailable
 from core.index import SearchMode, newest_versions_only
-from core.records import ChunkPoint, SearchHit, StoredVector, point_id
+from core.records import ChunkPoint, SearchHit, StoredChunk, StoredVector, point_id
 from retrieval.acl_filter import (
     ACL_FIELD,
     CHUNK_INDEX_FIELD,
@@ -31,7 +31,7 @@ from retrieval.acl_filter import (
     acl_filter,
     document_filter,
 )
-from retrieval.payload import chunk_payload, search_hit, stored_vector
+from retrieval.payload import chunk_payload, search_hit, stored_chunk, stored_vector
 from retrieval.sparse import RRF_K, SPARSE_VECTOR, Bm25Encoder, SparseTerms, fusion_candidates
 
 _UPSERT_BATCH = 1024
@@ -225,6 +225,17 @@ class EdgeIndex:
         with self._lock:
             points = self._guard(lambda: self.shard.query(request))
         return newest_versions_only([search_hit(p.payload or {}, p.score) for p in points])
+
+    def chunks(self) -> list[StoredChunk]:
+        stored: list[StoredChunk] = []
+        offset = None
+        while True:
+            request = edge.ScrollRequest(offset=offset, limit=4096, with_payload=True, with_vector=False)
+            with self._lock:
+                page, offset = self._guard(partial(self.shard.scroll, request))
+            stored.extend(stored_chunk(record.payload or {}) for record in page)
+            if offset is None:
+                return stored
 
     def vectors(self, tenant: str) -> list[StoredVector]:
         selection = edge.Filter(must=[edge.FieldCondition(TENANT_FIELD, match=edge.MatchValue(tenant))])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.records import ChunkPoint, SearchHit, StoredVector
+from core.records import ChunkPoint, SearchHit, StoredChunk, StoredVector
 from retrieval.acl_filter import (
     ACL_FIELD,
     CHUNK_INDEX_FIELD,
@@ -43,6 +43,17 @@ def search_hit(payload: Mapping[str, Any], score: float) -> SearchHit:
         file_name=str(source.get("file_name", "")),
         page=source.get("page"),
         section=source.get("section"),
+    )
+
+
+def stored_chunk(payload: Mapping[str, Any]) -> StoredChunk:
+    return StoredChunk(
+        tenant=str(payload[TENANT_FIELD]),
+        document_id=str(payload[DOCUMENT_FIELD]),
+        version=int(payload[VERSION_FIELD]),
+        chunk_index=int(payload[CHUNK_INDEX_FIELD]),
+        live=payload[LIVE_FIELD] == LIVE,
+        acl_tokens=tuple(payload[ACL_FIELD]),
     )
 
 

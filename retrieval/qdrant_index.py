@@ -23,7 +23,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from core.access import Principal
 from core.errors import ConfigError, Unavailable
 from core.index import SearchMode, newest_versions_only
-from core.records import ChunkPoint, SearchHit, StoredVector, point_id
+from core.records import ChunkPoint, SearchHit, StoredChunk, StoredVector, point_id
 from retrieval.acl_filter import (
     ACL_FIELD,
     CHUNK_INDEX_FIELD,
@@ -35,7 +35,7 @@ from retrieval.acl_filter import (
     acl_filter,
     document_filter,
 )
-from retrieval.payload import chunk_payload, search_hit, stored_vector
+from retrieval.payload import chunk_payload, search_hit, stored_chunk, stored_vector
 from retrieval.sparse import RRF_K, SPARSE_VECTOR, Bm25Encoder, SparseTerms, fusion_candidates
 
 _UPSERT_BATCH = 256
@@ -242,6 +242,17 @@ class QdrantIndex:
         """Nothing to do: a Qdrant server's optimizer builds HNSW segments in the background, and local mode
         has no index (it scans)."""
         return False
+
+    def chunks(self) -> list[StoredChunk]:
+        stored: list[StoredChunk] = []
+        offset: models.ExtendedPointId | None = None
+        while True:
+            page, offset = self._call(
+                partial(self._client.scroll, self.collection, limit=4096, offset=offset, with_payload=True)
+            )
+            stored.extend(stored_chunk(point.payload or {}) for point in page)
+            if offset is None:
+                return stored
 
     def vectors(self, tenant: str) -> list[StoredVector]:
         selection = models.Filter(must=[models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant))])
