@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import Authenticator
@@ -30,6 +31,25 @@ def get_principal(
         raise AuthError("missing bearer token", reason="missing")
     authenticator: Authenticator = request.app.state.authenticator
     return authenticator.authenticate(credentials.credentials)
+
+
+def requires_principal(route: object) -> bool:
+    """Whether a matched route authenticates its caller (depends on get_principal, directly or not)."""
+    dependant = getattr(route, "dependant", None)
+    pending = [dependant] if dependant is not None else []
+    while pending:
+        current = pending.pop()
+        if current.call is get_principal:
+            return True
+        pending.extend(current.dependencies)
+    return False
+
+
+async def authenticate_request(request: Request) -> Principal:
+    """get_principal, for code that runs outside dependency injection (the error handlers)."""
+    credentials = await _bearer(request)
+    principal: Principal = await run_in_threadpool(get_principal, request, credentials)
+    return principal
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

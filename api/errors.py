@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
+from api.deps import authenticate_request, requires_principal
 from core.errors import (
     AccessError,
     AuthError,
@@ -47,5 +51,30 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
     return _response(500, "internal error")
 
 
+async def _refuse_unauthenticated(request: Request) -> JSONResponse | None:
+    """FastAPI reads and validates a JSON body before it resolves any dependency, authentication included, so a
+    caller without valid credentials would get 400 or 422 (and learn what its input lacks) instead of 401. On a
+    route that needs credentials, such an error goes only to a caller who has valid ones."""
+    if not requires_principal(request.scope.get("route")):
+        return None
+    try:
+        await authenticate_request(request)
+    except TesseraError as exc:  # AuthError: 401; Unavailable (looking up an API key): 503
+        return await _handle(request, exc)
+    return None
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return await _refuse_unauthenticated(request) or await request_validation_exception_handler(request, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return await _refuse_unauthenticated(request) or await http_exception_handler(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TesseraError, _handle)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)

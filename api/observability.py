@@ -13,6 +13,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.runtime import Runtime
+from api.schemas import ReadinessOut
 from core.logs import REQUEST_ID_HEADER, log_context, request_id_from
 from core.metrics import METRICS_CONTENT_TYPE, Metrics
 
@@ -79,7 +80,13 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is unavailable; `checks` says which"}})
+@router.get(
+    "/readyz",
+    responses={
+        200: {"model": ReadinessOut, "description": "every dependency is usable"},
+        503: {"model": ReadinessOut, "description": "a dependency is unavailable; `checks` says which"},
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: the registry, the vector index, the ingestion queue and the model are each usable now."""
     checks = await run_in_threadpool(_runtime(request).readiness)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -181,3 +181,8 @@ class QueryOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+class ReadinessOut(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description='each dependency (registry, index, queue, model): "ok", or why not')

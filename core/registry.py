@@ -20,7 +20,7 @@ from sqlalchemy.types import DateTime
 from core.access import Principal
 from core.db import Base, Database, as_utc, utcnow
 from core.errors import InputError, NotFound
-from core.records import DocumentRecord, DocumentStatus, IngestStage
+from core.records import DocumentRecord, DocumentStatus, IngestStage, is_document_id
 
 MAX_REASON_CHARS = 2000
 
@@ -98,9 +98,12 @@ def encode_cursor(record: DocumentRecord) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created, document_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return as_utc(datetime.fromisoformat(created)), str(document_id)
+        decoded = as_utc(datetime.fromisoformat(created)), str(document_id)
     except (ValueError, TypeError) as exc:
         raise InputError("invalid cursor") from exc
+    if not is_document_id(decoded[1]):  # e.g. a NUL, which Postgres refuses (a 500, not a 400)
+        raise InputError("invalid cursor")
+    return decoded
 
 
 class Registry:

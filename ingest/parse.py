@@ -19,6 +19,7 @@ import spacy
 import unstructured.nlp.tokenize as unstructured_tokenize
 from pypdf.errors import PdfReadError
 from unstructured.documents.elements import Element as UnstructuredElement
+from unstructured.errors import UnprocessableEntityError
 from unstructured.file_utils.filetype import detect_filetype
 from unstructured.file_utils.model import FileType
 from unstructured.partition.auto import partition
@@ -83,6 +84,10 @@ def detect_type(source: BinaryIO, file_name: str) -> FileType:
     position = source.tell()
     try:
         file_type = detect_filetype(file=source, metadata_file_path=file_name)
+    except (UnprocessableEntityError, ValueError) as exc:  # bytes in no encoding it can tell (UnicodeDecodeError)
+        raise UnsupportedType(
+            f"the file's type cannot be told from its bytes; supported types: {SUPPORTED_NAMES}"
+        ) from exc
     finally:
         source.seek(position)
     if file_type is FileType.EMPTY:

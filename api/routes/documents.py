@@ -23,6 +23,12 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"])
 _READ_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing, invalid or expired credentials"},
     404: {"model": ErrorOut, "description": "no such document, or not visible to the caller"},
+    503: {"model": ErrorOut, "description": "the registry is unavailable; retry later"},
+}
+_LIST_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _READ_ERRORS[401],
+    400: {"model": ErrorOut, "description": "`cursor` is not one this API issued"},
+    503: _READ_ERRORS[503],
 }
 _CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_READ_ERRORS,
@@ -91,7 +97,7 @@ async def upload_document(
     return document
 
 
-@router.get("", response_model=DocumentPage, responses=_READ_ERRORS)
+@router.get("", response_model=DocumentPage, responses=_LIST_ERRORS)
 def list_documents(
     principal: PrincipalDep,
     runtime: RuntimeDep,
