@@ -7,6 +7,9 @@
   each number of clients.
 - `all`: `ingest`, then `query` on the same data directory, with the server started again: the second cold start
   is the one on a populated index.
+- `load`: a fresh data directory and server, a seed batch uploaded by the owners of three tenants, then queries from
+  many principals while a live batch is ingested, every answer checked against its principal's ACL
+  (evals/bench/load.py).
 
 This module is imported by `tessera`'s argument parser, so it imports nothing heavy at module level.
 """
@@ -60,6 +63,7 @@ def add_bench_parser(subparsers: Any) -> None:
         "ingest": "upload dbpedia to a fresh `tessera serve` and time it; the encode-only reference",
         "query": "query latency and throughput at 1, 4, 16 clients on an ingested or seeded data directory",
         "all": "ingest, then query the same data directory",
+        "load": "queries from many principals while documents are ingested; every answer checked against its ACL",
     }
     for name, text in helps.items():
         action = actions.add_parser(name, help=text, description=text)
@@ -99,7 +103,27 @@ def add_bench_parser(subparsers: Any) -> None:
             action.add_argument(
                 "--chunks", type=int, default=None, help="seed N replicated dbpedia chunks (evals/bench/scale.py)"
             )
-        action.set_defaults(func=run_bench)
+        if name == "load":
+            _add_load_arguments(action)
+        action.set_defaults(func=run_load_bench if name == "load" else run_bench)
+
+
+def _add_load_arguments(action: Any) -> None:
+    action.add_argument("--principals", type=int, default=40, help="principals querying (at least 8)")
+    action.add_argument("--seed-documents", type=int, default=150, help="documents ingested before the load")
+    action.add_argument("--live-documents", type=int, default=60, help="documents uploaded during the load")
+    action.add_argument("--clients", type=int, default=16, help="concurrent query clients")
+    action.add_argument("--requests", type=int, default=5000, help="at most this many measured requests")
+    action.add_argument(
+        "--min-requests", type=int, default=1000, help="requests before the load may end on the live batch being final"
+    )
+    action.add_argument("--duration", type=float, default=300.0, help="at most this many seconds of load")
+    action.add_argument("--warmup", type=int, default=2, help="untimed (but checked) requests per client")
+    action.add_argument("--top-k", type=int, default=50, help="results asked per query (the server allows 50)")
+    action.add_argument("--upload-interval", type=float, default=0.1, help="seconds between live uploads")
+    action.add_argument("--upload-concurrency", type=int, default=4, help="client threads uploading the seed")
+    action.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for each batch's ingestion")
+    action.add_argument("--rng-seed", type=int, default=7, help="the scenario's seed (principals, ACLs, passages)")
 
 
 _clock = {"started": time.monotonic()}  # reset when a benchmark starts
@@ -331,3 +355,79 @@ def run_bench(args: argparse.Namespace) -> int:
     ingest = result.get("ingest", {})
     failed += ingest.get("failed", 0) + ingest.get("refused", 0)
     return 1 if failed else 0
+
+
+def run_load_bench(args: argparse.Namespace) -> int:
+    """Run `tessera bench load`; print the tables, save the JSON (and the raw answers beside it). Exit 1 when a
+    request failed, a document was refused or failed, or any answer leaked or lost a document."""
+    from core import offline
+    from core.errors import ConfigError
+    from evals.bench.load import LoadBounds, build_scenario, format_load, run_load_test, save_records, server_table
+    from evals.bench.machine import machine_record, settings_record
+    from evals.bench.query import Reader, load_queries
+    from evals.bench.report import format_report, write_json
+    from evals.datasets import load_beir
+
+    offline.enforce()
+    _clock["started"] = time.monotonic()
+    session = _Session(args)
+    if session.data_dir.exists() and any(session.data_dir.iterdir()):
+        raise ConfigError(f"the load benchmark needs a new or empty data directory: {session.data_dir} is not")
+    session.data_dir.mkdir(parents=True, exist_ok=True)
+    scenario = build_scenario(
+        list(load_beir(session.dataset).passages.values()),
+        principals=args.principals,
+        seed_documents=args.seed_documents,
+        live_documents=args.live_documents,
+        rng_seed=args.rng_seed,
+    )
+    bounds = LoadBounds(
+        clients=args.clients,
+        requests=args.requests,
+        duration_s=args.duration,
+        warmup=args.warmup,
+        top_k=args.top_k,
+        upload_concurrency=args.upload_concurrency,
+        upload_interval_s=args.upload_interval,
+        ingest_timeout_s=args.timeout,
+        min_requests=args.min_requests,
+    )
+    result: dict[str, Any] = {
+        "kind": "load",
+        "machine": machine_record(),
+        "settings": settings_record(session.settings, session.overrides),
+        "dataset": str(session.dataset),
+        "data_dir": str(session.data_dir),
+        "rng_seed": args.rng_seed,
+        "servers": {},
+        "notes": [],
+    }
+    if session.settings.queue == "embedded":
+        result["notes"].append("embedded default: the API and the ingestion worker are one process (one peak RSS)")
+    first = scenario.principals[0]
+    _log(
+        f"load: {len(scenario.principals)} principals, {len(scenario.seed)} seed and {len(scenario.live)} live "
+        f"documents, {bounds.clients} clients, at most {bounds.requests} requests / {bounds.duration_s:g}s"
+    )
+    with session.server([Reader(first.tenant, first.subject, first.groups, first.label)], "load") as server:
+        _log(f"server up: cold start {server.cold_start_s:.2f}s; seeding, then the load")
+        figures, records = run_load_test(
+            server.base_url, scenario, load_queries(session.dataset), session.token, bounds
+        )
+    result["servers"]["load"] = server.stats.as_dict() if server.stats else None
+    result.update(figures)
+    result["responses_file"] = str(save_records(records, session.data_dir / "load-responses.jsonl"))
+    result["machine_after"] = {"load_average": machine_record()["load_average"]}
+    path = write_json(result, args.json or session.data_dir / "bench-load.json")
+    print(format_report({key: result[key] for key in ("kind", "machine", "settings")}))
+    print()
+    print(format_load(result))
+    print()
+    print(server_table(result["servers"]["load"]))
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"\nsaved {path}")
+    load, seed, live = result["load"], result["seed"], result["live"]
+    bad = load["failures"] + load["leaks"] + load["losses"] + load["bad_records"]
+    bad += seed["refused"] + seed["failed"] + live["refused"] + live["failed"]
+    return 1 if bad else 0

@@ -12,6 +12,16 @@ client is free, with query i // len(tokens) and token i % len(tokens), until `re
 passed. Per request: its start (seconds after the common start), its latency in milliseconds (perf_counter
 around the whole request, the body read included) and its HTTP status (0: no response). Only the raw samples
 are written; the parent process computes the percentiles.
+
+Two options serve the load test (evals/bench/load.py), which checks every answer against its principal's ACL:
+- `record`: every response, warm-up ones included, is also kept as
+  [principal index, status, latency ms, seconds since the common start (negative: warm-up), warm-up?, document ids]
+  with the `document_id` of each result in order (None when there was no 200 answer). Status -1 is a 200 whose body
+  is not a query answer. The principal index is the index of the token the request was sent with;
+- `started_file`: a file created when the measured requests start (the barrier), so that another process can
+  begin its own work (uploads) at that moment; the result also gives `started_at`, that moment as Unix time;
+- `stop_file`: once it exists, and at least `min_requests` were sent, no further request is sent (the other
+  process's work is done). The request and time bounds hold as always.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import threading
 import time
@@ -45,6 +56,10 @@ class LoadSpec:
     warmup: int = 2
     top_k: int | None = None
     mode: str | None = None
+    record: bool = False
+    started_file: str | None = None
+    stop_file: str | None = None
+    min_requests: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LoadSpec:
@@ -73,37 +88,63 @@ class _Run:
         self.deadline = 0.0
         self.barrier = threading.Barrier(spec.concurrency, action=self._go)
         self.samples: list[tuple[float, float, int]] = []
+        self.records: list[list[Any]] = []
         self.errors: dict[str, int] = {}
         self.warmup_failures = 0
+        self.started_at = 0.0
 
     def _go(self) -> None:
+        self.started_at = time.time()
         self.start = time.perf_counter()
         self.deadline = self.start + self.spec.duration_s
+        if self.spec.started_file is not None:
+            Path(self.spec.started_file).touch()
 
     def next_request(self) -> int | None:
         with self.lock:
             i = next(self.counter)
         if i >= self.spec.requests or time.perf_counter() >= self.deadline:
             return None
+        stop = self.spec.stop_file
+        if stop is not None and i >= self.spec.min_requests and os.path.exists(stop):
+            return None
         return i
 
-    def send(self, client: httpx.Client, i: int) -> tuple[int, str | None]:
+    def send(self, client: httpx.Client, i: int, *, warmup: bool = False) -> tuple[int, str | None]:
         spec = self.spec
         token = spec.tokens[i % len(spec.tokens)]
         query = spec.queries[(i // len(spec.tokens)) % len(spec.queries)]
+        began = time.perf_counter()
+        status, error, documents = self._post(client, token, query)
+        if spec.record:
+            record: list[Any] = [i % len(spec.tokens), status, round(1000 * (time.perf_counter() - began), 3)]
+            record += [round(began - self.start, 6) if not warmup else -1.0, warmup, documents]
+            with self.lock:
+                self.records.append(record)
+        return status, error
+
+    def _post(self, client: httpx.Client, token: str, query: str) -> tuple[int, str | None, list[str] | None]:
         try:
-            response = client.post("/v1/query", json=spec.body(query), headers={"Authorization": f"Bearer {token}"})
+            response = client.post(
+                "/v1/query", json=self.spec.body(query), headers={"Authorization": f"Bearer {token}"}
+            )
         except httpx.HTTPError as exc:
-            return 0, f"{type(exc).__name__}: {exc}"
+            return 0, f"{type(exc).__name__}: {exc}", None
         if response.status_code != 200:
-            return response.status_code, f"HTTP {response.status_code}: {response.text[:200]}"
-        return 200, None
+            return response.status_code, f"HTTP {response.status_code}: {response.text[:200]}", None
+        if not self.spec.record:
+            return 200, None, None
+        try:
+            documents = [str(result["document_id"]) for result in response.json()["results"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            return -1, f"not a query answer ({type(exc).__name__}): {response.text[:200]}", None
+        return 200, None, documents
 
     def client(self, index: int) -> None:
         with httpx.Client(base_url=self.spec.url, timeout=_TIMEOUT_S) as client:
             try:
                 for w in range(self.spec.warmup):
-                    status, _ = self.send(client, index + w * self.spec.concurrency)
+                    status, _ = self.send(client, index + w * self.spec.concurrency, warmup=True)
                     if status != 200:
                         with self.lock:
                             self.warmup_failures += 1
@@ -133,14 +174,18 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     for thread in threads:
         thread.join()
     ends = [start + latency / 1000 for start, latency, _ in run.samples]
-    return {
+    result: dict[str, Any] = {
         "concurrency": spec.concurrency,
         "requests": len(run.samples),
+        "started_at": run.started_at,
         "wall_s": max(ends, default=0.0),
         "samples": [[round(s, 6), round(ms, 3), status] for s, ms, status in sorted(run.samples)],
         "errors": run.errors,
         "warmup_failures": run.warmup_failures,
     }
+    if spec.record:
+        result["records"] = sorted(run.records, key=lambda record: float(record[3]))
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
