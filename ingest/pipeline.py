@@ -110,8 +110,15 @@ class IngestPipeline:
             self._audit(record, "failed", {"reason": reason})
             return IngestOutcome(document_id, DocumentStatus.FAILED, 0, time.perf_counter() - started, reason)
         except Superseded:
-            self.index.delete_version(record.tenant, record.id, record.version)
             current = self.registry.get(record.id)
+            if current.status is DocumentStatus.READY and current.live_version == record.version:
+                # Another run of this same version went live first (a task delivered twice, e.g. restored
+                # from Redis while it ran). Its chunks are the live ones, which this run's upsert has just
+                # rewritten with the same ids as unpublished: publish them again instead of deleting them.
+                self.index.publish(record.tenant, record.id, record.version, current.chunk_count)
+                self.index.delete_version(record.tenant, record.id, record.version, from_chunk=current.chunk_count)
+            else:
+                self.index.delete_version(record.tenant, record.id, record.version)
             return IngestOutcome(document_id, current.status, 0, time.perf_counter() - started, "superseded")
         except Exception:
             if self.registry.get(record.id).status is DocumentStatus.DELETED:  # e.g. its file went with it

@@ -8,7 +8,10 @@ index, registry) is built once per worker process by the provider the compositio
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from celery import Celery, Task
@@ -26,6 +29,11 @@ INGEST_TASK_NAME = "tessera.ingest.document"
 INGEST_QUEUE = "tessera.ingest"
 RETRY_BACKOFF_BASE_S = 2.0
 RETRY_BACKOFF_MAX_S = 60.0
+# A Redis that accepts connections but does not answer (frozen, partitioned) must not hang a publish, which
+# would hang the upload: each command gives up after this long (a healthy Redis answers in well under a ms).
+BROKER_SOCKET_TIMEOUT_S = 1.0
+# How often, per visibility timeout, a running task renews its delivery in Redis (see _KeepVisible).
+VISIBILITY_RENEWALS_PER_TIMEOUT = 3
 
 PipelineProvider = Callable[[], IngestPipeline]
 
@@ -39,7 +47,8 @@ def create_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,  # status lives in the registry, not in a result backend
         # A task is acknowledged only after it finished, and re-delivered if the worker died mid-way;
-        # the pipeline is idempotent, so a second run is harmless.
+        # the pipeline is idempotent, so a run after an earlier one stopped is harmless. Two runs of one
+        # document at once are not: a running task keeps its delivery visible (_KeepVisible).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -50,11 +59,13 @@ def create_celery(settings: Settings) -> Celery:
             # The in-memory broker is polled (once a second by default, which idled the embedded worker
             # for most of a second after each small document); Redis blocks on the queue instead.
             "polling_interval": 0.01,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,
-        # Publishing gives up within a few seconds when the broker is down, so uploads answer 503.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        # Publishing gives up within a few seconds when the broker is down or does not answer, so uploads
+        # answer 503 (refused: ~0.2 s; no answer: 3 socket timeouts, ~3.2 s).
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5},
         worker_hijack_root_logger=False,
         worker_concurrency=settings.worker_concurrency,
     )
@@ -69,7 +80,10 @@ def register_ingest_task(app: Celery, pipeline: PipelineProvider, max_attempts: 
     # shared=False: the task closes over this app's pipeline and must not be copied into other apps.
     @app.task(name=INGEST_TASK_NAME, bind=True, max_retries=max_retries, queue=INGEST_QUEUE, shared=False)  # type: ignore[untyped-decorator]
     def ingest_document(self: Task, *, document_id: str, request_id: str | None = None) -> dict[str, Any]:  # type: ignore[type-arg]
-        with log_context(request_id=request_id or f"task-{self.request.id}", document_id=document_id):
+        with (
+            log_context(request_id=request_id or f"task-{self.request.id}", document_id=document_id),
+            _KeepVisible.for_task(self),
+        ):
             return attempt(self, document_id)
 
     def attempt(self: Task, document_id: str) -> dict[str, Any]:  # type: ignore[type-arg]
@@ -93,6 +107,73 @@ def register_ingest_task(app: Celery, pipeline: PipelineProvider, max_attempts: 
         return {"document_id": document_id, "status": outcome.status.value, "chunks": outcome.chunk_count}
 
     return ingest_document
+
+
+class _KeepVisible:
+    """While a task runs on a Redis broker, renew its delivery's timestamp in the transport's index of
+    unacknowledged messages, a few times per visibility timeout.
+
+    Redis re-delivers an unacknowledged task once its timestamp is older than the visibility timeout, whether
+    or not a worker still runs it: a task that outlived the timeout was run a second time, at once, by another
+    worker thread or process, and the two runs of one document version undid each other (the second rewrote
+    the published chunks as unpublished, then, finding the document ready, removed them: `ready` in the
+    registry, no chunks in the index). Renewed, a task is re-delivered only when its worker stopped renewing
+    it (killed, or lost): the visibility timeout becomes how long a dead worker's task waits, not a limit on
+    how long a live one may run. Nothing is renewed on the in-memory broker, which re-delivers nothing.
+    """
+
+    def __init__(self, app: Celery, delivery_tag: str, interval_s: float) -> None:
+        self._app = app
+        self._tag = delivery_tag
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="tessera-keep-visible", daemon=True)
+
+    @classmethod
+    def for_task(cls, task: Task) -> _KeepVisible | _NoRenewal:  # type: ignore[type-arg]
+        app = task.app
+        delivery_tag = (task.request.properties or {}).get("delivery_tag")
+        if not delivery_tag or task.request.is_eager or not _is_redis(app):
+            return _NoRenewal()
+        visibility_timeout_s = float(app.conf.broker_transport_options.get("visibility_timeout", 3600))
+        return cls(app, str(delivery_tag), visibility_timeout_s / VISIBILITY_RENEWALS_PER_TIMEOUT)
+
+    def __enter__(self) -> _KeepVisible:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(BROKER_SOCKET_TIMEOUT_S * 5)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                with self._app.pool.acquire(block=True, timeout=self._interval_s) as connection:
+                    channel: Any = connection.default_channel
+                    # XX: only a delivery still awaiting its acknowledgement; never re-add one acked or restored.
+                    channel.client.zadd(channel.unacked_index_key, {self._tag: time.time()}, xx=True)
+            except Exception as exc:  # the next renewal tries again; a lost one only risks a re-delivery
+                log.warning("ingest: could not renew the task's visibility in the broker: %r", exc)
+
+
+class _NoRenewal:
+    def __enter__(self) -> _NoRenewal:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        return None
+
+
+_redis_apps: dict[int, bool] = {}
+
+
+def _is_redis(app: Celery) -> bool:
+    if id(app) not in _redis_apps:
+        _redis_apps[id(app)] = app.connection_for_write().transport.driver_type == "redis"
+    return _redis_apps[id(app)]
 
 
 def enqueue(task: Task, document_id: str) -> None:  # type: ignore[type-arg]

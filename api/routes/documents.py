@@ -57,9 +57,10 @@ def _accept(runtime: Runtime, principal: Principal, upload: Upload) -> tuple[Doc
     document_id = uuid.uuid4().hex
     blob = runtime.blobs.save(document_id, 1, upload.file.file, runtime.settings.max_upload_bytes)
     # Same bytes in the same tenant: answer with the existing document rather than embed it twice, but
-    # only one the uploader may read, so that an upload never reveals someone else's document.
+    # only one the uploader may read, so that an upload never reveals someone else's document, and not a
+    # failed one (it may have failed for a reason that has passed, such as the queue being down).
     for existing in runtime.registry.find_same_content(principal.tenant, blob.sha256):
-        if principal.may_read(existing.tenant, existing.acl_tokens):
+        if existing.status is not DocumentStatus.FAILED and principal.may_read(existing.tenant, existing.acl_tokens):
             runtime.blobs.delete(document_id)
             runtime.audit.by(principal, AuditAction.UPLOAD, "duplicate", target=existing.id)
             return DocumentOut.of(existing, duplicate=True), False
