@@ -65,12 +65,8 @@ def get_admin(principal: PrincipalDep) -> Principal:
 AdminDep = Annotated[Principal, Depends(get_admin)]
 
 
-def managed_document(runtime: Runtime, principal: Principal, document_id: str, action: AuditAction) -> DocumentRecord:
-    """The document if the principal may change it (its owner, or an admin of its tenant).
-
-    404 when the principal may not even know it exists; 403 (and an audit record) when it may read it but
-    not change it.
-    """
+def _existing_document(runtime: Runtime, document_id: str) -> DocumentRecord:
+    """The registry's record of a document that is not deleted; NotFound otherwise."""
     missing = NotFound(f"document {document_id} not found")
     if not is_document_id(document_id):
         raise missing
@@ -80,11 +76,21 @@ def managed_document(runtime: Runtime, principal: Principal, document_id: str, a
         raise missing from None
     if record.status is DocumentStatus.DELETED:
         raise missing
+    return record
+
+
+def managed_document(runtime: Runtime, principal: Principal, document_id: str, action: AuditAction) -> DocumentRecord:
+    """The document if the principal may change it (its owner, or an admin of its tenant).
+
+    404 when the principal may not even know it exists; 403 (and an audit record) when it may read it but
+    not change it.
+    """
+    record = _existing_document(runtime, document_id)
     if principal.may_manage(record.tenant, record.owner):
         return record
     runtime.metrics.acl_denied.labels(action=action.value).inc()
     if not principal.may_read(record.tenant, record.acl_tokens):
-        raise missing
+        raise NotFound(f"document {document_id} not found")
     runtime.audit.by(principal, action, "denied", target=document_id)
     raise Forbidden("only the document's owner or a tenant admin may do this")
 
@@ -92,16 +98,8 @@ def managed_document(runtime: Runtime, principal: Principal, document_id: str, a
 def visible_document(runtime: Runtime, principal: Principal, document_id: str) -> DocumentRecord:
     """The document if the principal may read it; 404 otherwise, whether it is missing or denied (a denial
     is counted, not revealed)."""
-    missing = NotFound(f"document {document_id} not found")
-    if not is_document_id(document_id):
-        raise missing
-    try:
-        record = runtime.registry.get(document_id)
-    except NotFound:
-        raise missing from None
-    if record.status is DocumentStatus.DELETED:
-        raise missing
+    record = _existing_document(runtime, document_id)
     if not principal.may_read(record.tenant, record.acl_tokens):  # another tenant's documents included
         runtime.metrics.acl_denied.labels(action="document.read").inc()
-        raise missing
+        raise NotFound(f"document {document_id} not found")
     return record

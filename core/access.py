@@ -11,7 +11,6 @@ Rules (see also retrieval/acl_filter.py, which turns a Principal into the index 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -20,13 +19,19 @@ from core.errors import AccessError
 USER_PREFIX = "user:"
 GROUP_PREFIX = "group:"
 MAX_GROUPS = 1024
-# Printable, no control characters, bounded: identifiers end up in payload indexes and audit logs.
-_IDENTIFIER = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
+MAX_IDENTIFIER_CHARS = 256
 
 
 def check_identifier(value: object, what: str) -> str:
-    """Return `value` if it is a usable identifier, else raise AccessError naming `what`."""
-    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value) or not value.strip():
+    """Return `value` if it is a usable identifier, else raise AccessError naming `what`. Printable (Python's
+    str.isprintable: no C0 or C1 control, no format character such as a zero-width space, no separator but
+    the ASCII space), not blank, bounded: identifiers end up in payload indexes, audit records and logs."""
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_IDENTIFIER_CHARS
+        or not value.isprintable()
+        or not value.strip()
+    ):
         raise AccessError(f"{what} must be a non-empty string of at most 256 printable characters")
     return value
 

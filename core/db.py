@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -9,10 +10,12 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from core.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -64,8 +67,11 @@ class Database:
     def guard(self) -> Iterator[None]:
         try:
             yield
-        except OperationalError as exc:
-            raise Unavailable(f"the database is unavailable: {exc.orig}") from exc
+        except (OperationalError, ProgrammingError) as exc:
+            # Down, unreachable, or missing a table (a failed deployment): unavailable either way. What the
+            # driver said (addresses, ports) goes to the log, not to the caller.
+            log.warning("the registry database is unavailable: %s", exc.orig)
+            raise Unavailable("the registry database is unavailable") from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:

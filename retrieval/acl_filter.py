@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from qdrant_client import models
 
-from core.access import Principal
+from core.access import Principal, check_identifier
 from core.errors import AccessError
 
 TENANT_FIELD = "tenant"
@@ -30,7 +30,8 @@ PENDING = 0
 def acl_filter(principal: Principal) -> models.Filter:
     if not isinstance(principal, Principal):
         raise AccessError("a search needs an authenticated principal")
-    tokens = principal.acl_tokens()  # validates every identifier again
+    tokens = principal.acl_tokens()  # validates the subject and the groups again
+    check_identifier(principal.tenant, "tenant")  # and the tenant: a forged principal is an error, not []
     if not tokens:
         raise AccessError("the principal has no ACL tokens")
     return models.Filter(

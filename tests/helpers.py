@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.testclient import TestClient
 
 from api.auth import mint_token
 from core.settings import Settings, load_settings
 from tests.conftest import SECRET
+
+if TYPE_CHECKING:
+    from api.runtime import Runtime
 
 
 def settings_for(data_dir: Path, **overrides: Any) -> Settings:
@@ -53,3 +58,23 @@ def query(client: TestClient, headers: dict[str, str], text: str, top_k: int = 5
     response = client.post("/v1/query", headers=headers, json={"query": text, "top_k": top_k, **extra})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def register_document(
+    runtime: Runtime, content: bytes, file_name: str, *, document_id: str | None = None, file_type: str = "TXT"
+) -> str:
+    """Register alice's document directly, as the API would, without sending its task (what a process that
+    died after accepting an upload leaves behind)."""
+    document_id = document_id or uuid.uuid4().hex
+    blob = runtime.blobs.save(document_id, 1, io.BytesIO(content), max_bytes=len(content) + 1)
+    runtime.registry.add(
+        document_id=document_id,
+        tenant="acme",
+        owner="alice",
+        file_name=file_name,
+        file_type=file_type,
+        sha256=blob.sha256,
+        size_bytes=blob.size_bytes,
+        acl_tokens=["user:alice"],
+    )
+    return document_id

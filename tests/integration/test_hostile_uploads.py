@@ -27,7 +27,7 @@ import pytest
 
 from core.errors import DocumentRejected
 from ingest.sandbox import ChildCrashed, ChildLimits, run_isolated
-from tests.helpers import auth, query, upload, wait_final
+from tests.helpers import auth, query, register_document, upload, wait_final
 from tests.integration.conftest import Served, serve
 
 pytestmark = pytest.mark.integration
@@ -265,18 +265,7 @@ def test_a_document_that_crashes_its_parser_every_time_is_tried_three_times(tmp_
 def test_a_document_whose_worker_died_three_times_fails_at_the_fourth_delivery(tmp_path: Path) -> None:
     with serving(tmp_path / "data", worker_concurrency=1) as served:
         runtime = served.runtime
-        document_id = "d00d" * 8
-        blob = runtime.blobs.save(document_id, 1, io.BytesIO(b"A document whose worker keeps dying."), max_bytes=2**20)
-        runtime.registry.add(
-            document_id=document_id,
-            tenant="acme",
-            owner="alice",
-            file_name="doomed.txt",
-            file_type="TXT",
-            sha256=blob.sha256,
-            size_bytes=blob.size_bytes,
-            acl_tokens=["user:alice"],
-        )
+        document_id = register_document(runtime, b"A document whose worker keeps dying.", "doomed.txt")
         # What three workers killed mid-document leave in the registry: three started attempts, `processing`.
         for _ in range(3):
             runtime.registry.start_attempt(document_id)

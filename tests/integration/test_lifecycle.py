@@ -9,7 +9,7 @@ import pytest
 from api.runtime import Runtime
 from core.records import Chunk, ChunkPoint, DocumentStatus, point_id
 from core.schema import migrate
-from tests.helpers import auth, query, settings_for, upload, wait_final
+from tests.helpers import auth, query, register_document, settings_for, upload, wait_final
 from tests.integration.conftest import serve
 
 pytestmark = pytest.mark.integration
@@ -59,20 +59,9 @@ def test_documents_survive_a_restart_and_unfinished_ones_are_resumed(tmp_path: P
 
     # A process died between accepting an upload and finishing it: the registry says `processing`.
     interrupted = Runtime(settings_for(tmp_path))
-    blob_id = "0123456789abcdef0123456789abcdef"
-    with (shared_docs / "family-day.eml").open("rb") as source:
-        blob = interrupted.blobs.save(blob_id, 1, source, max_bytes=10_000_000)
-    interrupted.registry.add(
-        document_id=blob_id,
-        tenant="acme",
-        owner="alice",
-        file_name="family-day.eml",
-        file_type="EML",
-        sha256=blob.sha256,
-        size_bytes=blob.size_bytes,
-        acl_tokens=["user:alice"],
-    )
     migrate(interrupted.database)
+    content = (shared_docs / "family-day.eml").read_bytes()
+    blob_id = register_document(interrupted, content, "family-day.eml", file_type="EML")
     interrupted.registry.start_attempt(blob_id)
     interrupted.stop()
 

@@ -28,7 +28,7 @@ from core.schema import migrate
 from ingest.tasks import enqueue
 from retrieval.factory import create_index
 from tests.conftest import SECRET
-from tests.helpers import settings_for
+from tests.helpers import register_document, settings_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,21 +42,6 @@ def broker() -> Iterator[None]:
     connection.flushdb()
     yield
     connection.flushdb()
-
-
-def _add_document(runtime: Runtime, path: Path, document_id: str) -> None:
-    with path.open("rb") as source:
-        blob = runtime.blobs.save(document_id, 1, source, max_bytes=50_000_000)
-    runtime.registry.add(
-        document_id=document_id,
-        tenant="acme",
-        owner="alice",
-        file_name=path.name,
-        file_type="TXT",
-        sha256=blob.sha256,
-        size_bytes=blob.size_bytes,
-        acl_tokens=["user:alice"],
-    )
 
 
 def _worker(data_dir: Path, log: Path, metrics_port: int | None = None) -> subprocess.Popen[bytes]:
@@ -96,7 +81,9 @@ def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_on
     runtime = Runtime(settings)  # registry, blobs and the queue only: the index belongs to the workers
     migrate(runtime.database)
     document_id = "feedfacefeedfacefeedfacefeedface"
-    _add_document(runtime, shared_docs / "norwich-city.txt", document_id)
+    register_document(
+        runtime, (shared_docs / "norwich-city.txt").read_bytes(), "norwich-city.txt", document_id=document_id
+    )
     enqueue(runtime.ingest_task, document_id)
     log = tmp_path / "workers.log"
 
@@ -149,7 +136,9 @@ def test_transient_errors_retry_with_backoff_then_fail_after_three_attempts(tmp_
     runtime = Runtime(settings)
     migrate(runtime.database)
     document_id = "0badc0de0badc0de0badc0de0badc0de"
-    _add_document(runtime, shared_docs / "book-war-and-peace-1p.txt", document_id)
+    register_document(
+        runtime, (shared_docs / "book-war-and-peace-1p.txt").read_bytes(), "war-and-peace.txt", document_id=document_id
+    )
     worker = EmbeddedWorker(runtime.celery, concurrency=2)
     worker.start()
     try:

@@ -41,7 +41,7 @@ from core.schema import migrate
 from ingest.tasks import INGEST_QUEUE, INGEST_TASK_NAME, enqueue
 from retrieval.factory import create_index
 from tests.conftest import SECRET
-from tests.helpers import auth, settings_for, upload, wait_final
+from tests.helpers import auth, register_document, settings_for, upload, wait_final
 from tests.integration.conftest import serve
 
 pytestmark = [
@@ -132,26 +132,6 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.kill()
 
 
-def _add_document(runtime: Runtime, name: str, content: bytes) -> str:
-    """Register a text document directly (as the API would), without sending its task."""
-    document_id = os.urandom(16).hex()
-    path = runtime.settings.data_dir / name
-    path.write_bytes(content)
-    with path.open("rb") as source:
-        blob = runtime.blobs.save(document_id, 1, source, max_bytes=50_000_000)
-    runtime.registry.add(
-        document_id=document_id,
-        tenant=TENANT,
-        owner="alice",
-        file_name=name,
-        file_type="TXT",
-        sha256=blob.sha256,
-        size_bytes=blob.size_bytes,
-        acl_tokens=["user:alice"],
-    )
-    return document_id
-
-
 def _worker(data_dir: Path, redis_url: str, log: Path, *, pool: str, concurrency: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -211,7 +191,7 @@ def test_redis_restarted_with_tasks_queued_and_in_flight_every_document_ends_rea
         "norwich-3.txt": b"".join(lines[:60]),
         "norwich-4.txt": b"".join(lines[-60:]),
     }
-    documents = {_add_document(runtime, name, content): name for name, content in texts.items()}
+    documents = {register_document(runtime, content, name): name for name, content in texts.items()}
     ids = list(documents)
     for document_id in ids:
         enqueue(runtime.ingest_task, document_id)
@@ -435,7 +415,7 @@ def _slow_document_outliving_the_visibility_timeout(
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
     }
-    document_id = _add_document(runtime, "norwich-city.txt", (shared_docs / "norwich-city.txt").read_bytes())
+    document_id = register_document(runtime, (shared_docs / "norwich-city.txt").read_bytes(), "norwich-city.txt")
     caplog.set_level(logging.INFO, logger="ingest.pipeline")
     broker = own_redis.client()
     worker = EmbeddedWorker(runtime.celery, concurrency=2)
