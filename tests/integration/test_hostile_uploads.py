@@ -224,11 +224,13 @@ def test_a_parse_past_the_time_limit_fails_and_the_worker_goes_on(tmp_path: Path
         _still_ingests(served)
 
 
-def test_a_document_that_crashes_its_parser_every_time_is_tried_three_times(tmp_path: Path) -> None:
-    """The parse child of one document is killed (as the kernel's OOM killer would) every time it starts."""
+def test_a_document_that_crashes_its_parser_every_time_is_tried_three_times(tmp_path: Path, shared_docs: Path) -> None:
+    """The parse child of one document is killed (as the kernel's OOM killer would) every time it starts. The
+    poison is a long text, whose child lives for a second or more: long enough to be seen and killed."""
     with serving(tmp_path / "data", worker_concurrency=1) as served:
         registry = served.runtime.registry
-        poison_id = upload(served.client, ALICE, "poison.txt", b"This one never parses.").json()["id"]
+        poison_text = (shared_docs / "norwich-city.txt").read_bytes()
+        poison_id = upload(served.client, ALICE, "poison.txt", poison_text).json()["id"]
         behind_id = upload(served.client, ALICE, "behind.txt", b"The document queued behind it.").json()["id"]
         stop = threading.Event()
         kills: list[int] = []
