@@ -7,6 +7,7 @@ child process (ingest/sandbox.py).
 
 from __future__ import annotations
 
+import codecs
 import importlib
 import logging
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ _TEXT_TYPES = {FileType.TXT, FileType.MD, FileType.CSV, FileType.TSV, FileType.H
 # unstructured needs sentence boundaries and part-of-speech tags. The sentence recognizer gives the
 # boundaries at a fraction of the dependency parser's cost (parsing was ~40% of parse time on short text).
 _SPACY_EXCLUDE = ["ner", "lemmatizer", "attribute_ruler", "parser"]
+_SNIFF_BYTES = 8192
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _ARCHIVE_TYPES = {FileType.DOCX, FileType.PPTX, FileType.XLSX, FileType.ODT, FileType.EPUB}
 _OOXML_TYPES = {FileType.DOCX, FileType.PPTX, FileType.XLSX}  # no DOCTYPE in any of their parts
 _PARTITIONERS = ("docx", "pptx", "xlsx", "odt", "epub", "rtf", "html", "md", "text", "csv", "tsv", "email", "pdf")
@@ -83,6 +86,8 @@ def detect_type(source: BinaryIO, file_name: str) -> FileType:
     """The file's type from its bytes (and its name as a hint); UnsupportedType when Tessera cannot parse it."""
     position = source.tell()
     try:
+        head = source.read(_SNIFF_BYTES)
+        source.seek(position)
         file_type = detect_filetype(file=source, metadata_file_path=file_name)
     except (UnprocessableEntityError, ValueError) as exc:  # bytes in no encoding it can tell (UnicodeDecodeError)
         raise UnsupportedType(
@@ -90,6 +95,9 @@ def detect_type(source: BinaryIO, file_name: str) -> FileType:
         ) from exc
     finally:
         source.seek(position)
+    if file_type in _TEXT_TYPES and b"\x00" in head and not head.startswith(_UTF16_BOMS):
+        # unstructured takes the name's word for text; text has no NUL bytes unless it is UTF-16 (with a BOM).
+        raise UnsupportedType(f"binary content under a text file's name; supported types: {SUPPORTED_NAMES}")
     if file_type is FileType.EMPTY:
         # Accepted by its name, so that it ends `failed` with a reason instead of vanishing at the door.
         file_type = FileType.from_extension(Path(file_name).suffix.lower()) or FileType.TXT

@@ -31,7 +31,13 @@ def _zip() -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("name", "content"), [("picture.png", PNG), ("archive.zip", _zip()), ("tool.exe", b"MZ\x90\x00" + b"\x00" * 200)]
+    ("name", "content"),
+    [
+        ("picture.png", PNG),
+        ("archive.zip", _zip()),
+        ("tool.exe", b"MZ\x90\x00" + b"\x00" * 200),
+        ("tool.txt", b"MZ\x90\x00" + b"\x00" * 200),  # binary under a text file's name
+    ],
 )
 def test_unsupported_types_get_415_naming_the_supported_ones(small_limit: Served, name: str, content: bytes) -> None:
     response = upload(small_limit.client, ALICE, name, content)
