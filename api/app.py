@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from api import observability
 from api.auth import Authenticator
 from api.errors import install_error_handlers
+from api.limits import JsonBodyLimit
 from api.observability import RequestObserver
 from api.routes import acl, admin, apikeys, audit, documents, query
 from api.runtime import Runtime
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.authenticator = Authenticator(settings, runtime.api_keys)
     install_error_handlers(app)
+    app.add_middleware(JsonBodyLimit)
     app.add_middleware(RequestObserver, metrics=runtime.metrics)
     routers = (documents, acl, query, apikeys, audit, admin, observability)
     for module in routers:

@@ -132,3 +132,23 @@ def test_malformed_documents_fail_with_a_reason_and_the_worker_goes_on(
     assert record["status"] == "failed" and reason in record["failure_reason"], record
     after = upload(small_limit.client, ALICE, "next.txt", b"The next document still gets ingested.")
     assert wait_final(small_limit.client, ALICE, after.json()["id"])["status"] == "ready"
+
+
+def test_a_json_body_past_one_mib_is_refused_before_it_is_read_whole(small_limit: Served) -> None:
+    big = {"query": "harbour", "padding": "x" * (2 * 1024 * 1024)}
+    declared = small_limit.client.post("/v1/query", headers=ALICE, json=big)
+    assert declared.status_code == 413 and "larger than the limit" in declared.json()["detail"]
+    unauthenticated = small_limit.client.post("/v1/query", json=big)
+    assert unauthenticated.status_code == 413  # refused before anything else reads it
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: bounded as it streams in
+        yield b'{"query": "harbour", "padding": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    streamed = small_limit.client.post(
+        "/v1/query", headers={**ALICE, "Content-Type": "application/json"}, content=chunks()
+    )
+    assert streamed.status_code == 413, streamed.text
+    assert small_limit.client.post("/v1/query", headers=ALICE, json={"query": "harbour"}).status_code == 200
