@@ -167,13 +167,10 @@ class _NoRenewal:
         return None
 
 
-_redis_apps: dict[int, bool] = {}
-
-
 def _is_redis(app: Celery) -> bool:
-    if id(app) not in _redis_apps:
-        _redis_apps[id(app)] = app.connection_for_write().transport.driver_type == "redis"
-    return _redis_apps[id(app)]
+    # A Connection object only (nothing is opened); an id-keyed cache could outlive its app and be reused.
+    with app.connection_for_write() as connection:
+        return bool(connection.transport.driver_type == "redis")
 
 
 def enqueue(task: Task, document_id: str) -> None:  # type: ignore[type-arg]
