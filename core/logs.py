@@ -61,7 +61,12 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-_STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# A record's own attributes, and uvicorn's copy of its message with terminal colours: not `extra=` fields.
+_STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):
