@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from celery import Celery, Task
@@ -130,11 +130,11 @@ class _KeepVisible:
         self._thread = threading.Thread(target=self._renew, name="tessera-keep-visible", daemon=True)
 
     @classmethod
-    def for_task(cls, task: Task) -> _KeepVisible | _NoRenewal:  # type: ignore[type-arg]
+    def for_task(cls, task: Task) -> AbstractContextManager[object]:  # type: ignore[type-arg]
         app = task.app
         delivery_tag = (task.request.properties or {}).get("delivery_tag")
         if not delivery_tag or task.request.is_eager or not _is_redis(app):
-            return _NoRenewal()
+            return nullcontext()
         visibility_timeout_s = float(app.conf.broker_transport_options.get("visibility_timeout", 3600))
         return cls(app, str(delivery_tag), visibility_timeout_s / VISIBILITY_RENEWALS_PER_TIMEOUT)
 
@@ -155,16 +155,6 @@ class _KeepVisible:
                     channel.client.zadd(channel.unacked_index_key, {self._tag: time.time()}, xx=True)
             except Exception as exc:  # the next renewal tries again; a lost one only risks a re-delivery
                 log.warning("ingest: could not renew the task's visibility in the broker: %r", exc)
-
-
-class _NoRenewal:
-    def __enter__(self) -> _NoRenewal:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        return None
 
 
 def _is_redis(app: Celery) -> bool:
