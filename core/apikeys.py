@@ -24,7 +24,9 @@ from core.errors import AccessError, AuthError, InputError, NotFound
 
 KEY_PREFIX = "tsk_"
 SERVICE_SUBJECT_PREFIX = "svc:"
-_KEY_SHAPE = re.compile(r"^tsk_([0-9a-f]{16})_([A-Za-z0-9_\-]{43})$")
+_KEY_ID = r"[0-9a-f]{16}"  # secrets.token_hex(8), as create() issues it
+_KEY_ID_SHAPE = re.compile(_KEY_ID)
+_KEY_SHAPE = re.compile(rf"^tsk_({_KEY_ID})_([A-Za-z0-9_\-]{{43}})$")
 
 
 class ApiKeyRow(Base):
@@ -103,6 +105,8 @@ class ApiKeys:
             return [_record(row) for row in session.scalars(statement)]
 
     def revoke(self, tenant: str, key_id: str) -> ApiKeyRecord:
+        if not _KEY_ID_SHAPE.fullmatch(key_id):  # never sent to the database (PostgreSQL refuses NUL: 500)
+            raise NotFound(f"API key {key_id} not found")
         with self._db.session() as session:
             row = session.get(ApiKeyRow, key_id)
             if row is None or row.tenant != tenant:
