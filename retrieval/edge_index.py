@@ -8,7 +8,7 @@ condition by condition; anything the translation does not know is an error, neve
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -226,33 +226,28 @@ class EdgeIndex:
             points = self._guard(lambda: self.shard.query(request))
         return newest_versions_only([search_hit(p.payload or {}, p.score) for p in points])
 
-    def chunks(self) -> list[StoredChunk]:
-        stored: list[StoredChunk] = []
+    def _scroll(self, **options: Any) -> Iterator[Any]:
+        """Every point the scroll options select, a page at a time (the lock held for a page, not the walk)."""
         offset = None
         while True:
-            request = edge.ScrollRequest(offset=offset, limit=4096, with_payload=True, with_vector=False)
+            request = edge.ScrollRequest(offset=offset, **options)
             with self._lock:
                 page, offset = self._guard(partial(self.shard.scroll, request))
-            stored.extend(stored_chunk(record.payload or {}) for record in page)
+            yield from page
             if offset is None:
-                return stored
+                return
+
+    def chunks(self) -> list[StoredChunk]:
+        records = self._scroll(limit=4096, with_payload=True, with_vector=False)
+        return [stored_chunk(record.payload or {}) for record in records]
 
     def vectors(self, tenant: str) -> list[StoredVector]:
         selection = edge.Filter(must=[edge.FieldCondition(TENANT_FIELD, match=edge.MatchValue(tenant))])
         stored: list[StoredVector] = []
-        offset = None
-        while True:
-            request = edge.ScrollRequest(
-                offset=offset, limit=1024, filter=selection, with_payload=True, with_vector=[_DENSE_VECTOR]
-            )
-            with self._lock:
-                page, offset = self._guard(partial(self.shard.scroll, request))
-            for record in page:
-                payload = record.payload or {}
-                vector = record.vector[_DENSE_VECTOR] if isinstance(record.vector, dict) else record.vector
-                stored.append(stored_vector(payload, vector))  # type: ignore[arg-type]
-            if offset is None:
-                return stored
+        for record in self._scroll(limit=1024, filter=selection, with_payload=True, with_vector=[_DENSE_VECTOR]):
+            vector = record.vector[_DENSE_VECTOR] if isinstance(record.vector, dict) else record.vector
+            stored.append(stored_vector(record.payload or {}, vector))
+        return stored
 
     def close(self) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ takes none of these (it keeps everything in memory and scans).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -243,43 +243,28 @@ class QdrantIndex:
         has no index (it scans)."""
         return False
 
-    def chunks(self) -> list[StoredChunk]:
-        stored: list[StoredChunk] = []
+    def _scroll(self, **options: Any) -> Iterator[models.Record]:
+        """Every point the scroll options select, a page at a time."""
         offset: models.ExtendedPointId | None = None
         while True:
-            page, offset = self._call(
-                partial(self._client.scroll, self.collection, limit=4096, offset=offset, with_payload=True)
-            )
-            stored.extend(stored_chunk(point.payload or {}) for point in page)
+            page, offset = self._call(partial(self._client.scroll, self.collection, offset=offset, **options))
+            yield from page
             if offset is None:
-                return stored
+                return
+
+    def chunks(self) -> list[StoredChunk]:
+        return [stored_chunk(point.payload or {}) for point in self._scroll(limit=4096, with_payload=True)]
 
     def vectors(self, tenant: str) -> list[StoredVector]:
         selection = models.Filter(must=[models.FieldCondition(key=TENANT_FIELD, match=models.MatchValue(value=tenant))])
         stored: list[StoredVector] = []
-        offset: models.ExtendedPointId | None = None
-        while True:
-            page, offset = self._call(
-                partial(
-                    self._client.scroll,
-                    self.collection,
-                    scroll_filter=selection,
-                    limit=1024,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=[_DENSE_VECTOR],
-                )
-            )
-            for point in page:
-                payload = point.payload or {}
-                vector = point.vector.get(_DENSE_VECTOR) if isinstance(point.vector, dict) else point.vector
-                if not isinstance(vector, list):
-                    raise TypeError("expected one unnamed dense vector per point")
-                stored.append(
-                    stored_vector(payload, vector)  # type: ignore[arg-type]
-                )
-            if offset is None:
-                return stored
+        points = self._scroll(scroll_filter=selection, limit=1024, with_payload=True, with_vectors=[_DENSE_VECTOR])
+        for point in points:
+            vector = point.vector.get(_DENSE_VECTOR) if isinstance(point.vector, dict) else point.vector
+            if not isinstance(vector, list):
+                raise TypeError("expected one unnamed dense vector per point")
+            stored.append(stored_vector(point.payload or {}, vector))  # type: ignore[arg-type]
+        return stored
 
     def close(self) -> None:
         with self._lock:
