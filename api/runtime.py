@@ -149,7 +149,7 @@ class Runtime:
         """Each dependency a request needs, checked now: "ok", or why not. The model must already be loaded
         (a probe must not load it)."""
         checks: dict[str, Callable[[], object]] = {
-            "registry": self.registry.count_by_status,
+            "registry": self.registry.check,
             "index": self.index.check,
             "queue": self._check_queue,
             "model": self._check_model,

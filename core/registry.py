@@ -208,6 +208,12 @@ class Registry:
         with self._db.session() as session:
             return [_record(row) for row in session.scalars(statement)]
 
+    def check(self) -> None:
+        """Raise Unavailable unless the database answers and holds the documents table (for /readyz): one row
+        read, not the count of every document a readiness probe would otherwise pay for."""
+        with self._db.session() as session:
+            session.execute(select(DocumentRow.id).limit(1))
+
     def count_by_status(self) -> dict[str, int]:
         """How many documents are in each status, over every tenant (for the metrics)."""
         statement = select(DocumentRow.status, func.count()).group_by(DocumentRow.status)
