@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from api.auth import mint_token
@@ -42,7 +43,10 @@ def upload(
     return client.post("/v1/documents", headers=headers, files={"file": (name, content)}, data={"acl": acl})
 
 
-def wait_final(client: TestClient, headers: dict[str, str], document_id: str, timeout_s: float = 120) -> Any:
+def wait_final(
+    client: TestClient | httpx.Client, headers: dict[str, str], document_id: str, timeout_s: float = 120
+) -> Any:
+    """The document's record once it is `ready` or `failed` (in-process, or from a server over HTTP)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         response = client.get(f"/v1/documents/{document_id}", headers=headers)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.records import Chunk, ChunkPoint, DocumentStatus
+from core.records import Chunk, ChunkPoint
 from evals.bench.server import free_port
 from retrieval.factory import create_index
 from tests.conftest import SECRET
@@ -175,7 +175,7 @@ def test_sigkill_mid_ingestion_then_restart_leaves_registry_and_index_agreeing(
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             _wait_up(client)
-            finals = [wait_http_final(client, document_id) for document_id in ids]
+            finals = [wait_final(client, ALICE, document_id, timeout_s=180) for document_id in ids]
             assert [f["status"] for f in finals] == ["ready"] * len(ids), finals
             report = client.post("/v1/admin/check", headers=ADMIN, json={"repair": False}).json()
             print(f"after restart: {report['documents']} documents, {report['chunks']} chunks, {report['findings']}")
@@ -202,13 +202,3 @@ def test_sigkill_mid_ingestion_then_restart_leaves_registry_and_index_agreeing(
     finally:
         index.close()
     assert not (data_dir / "running").exists()
-
-
-def wait_http_final(client: httpx.Client, document_id: str, timeout_s: float = 180) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        record: dict[str, object] = client.get(f"/v1/documents/{document_id}", headers=ALICE).json()
-        if record["status"] in (DocumentStatus.READY.value, DocumentStatus.FAILED.value):
-            return record
-        time.sleep(0.1)
-    raise AssertionError(f"{document_id} did not finish")
