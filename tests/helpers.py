@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -82,3 +85,22 @@ def register_document(
         acl_tokens=["user:alice"],
     )
     return document_id
+
+
+def start_worker(
+    data_dir: Path, redis_url: str, log: Path, *, pool: str = "solo", concurrency: int = 1, **settings: object
+) -> subprocess.Popen[bytes]:
+    """A `tessera worker` process holding the embedded index under `data_dir`, on Redis, logging JSON to `log`;
+    `settings` become TESSERA_* variables. In a session of its own, so a test can kill its whole group."""
+    env = {
+        **os.environ,
+        "TESSERA_JWT_SECRET": SECRET,
+        "TESSERA_DATA_DIR": str(data_dir),
+        "TESSERA_QUEUE": "redis",
+        "TESSERA_REDIS_URL": redis_url,
+        "TESSERA_LOG_FORMAT": "json",
+        **{f"TESSERA_{name.upper()}": str(value) for name, value in settings.items()},
+    }
+    command = [sys.executable, "-m", "api.cli", "worker", "--embedded-index", "--log-level", "INFO"]
+    command += ["--pool", pool, "--concurrency", str(concurrency)]
+    return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)

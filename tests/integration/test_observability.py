@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from core.logs import REQUEST_ID_HEADER, JsonFormatter, _ContextFilter
+from evals.bench.server import free_port
 from tests.helpers import auth, query, settings_for, upload, wait_final
 from tests.integration.conftest import Served
 
@@ -132,14 +132,8 @@ def test_metrics_count_what_happened(embedded: Served) -> None:
     assert "tessera_ingest_queue_depth " in after  # present, not left out
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_readiness_names_the_dependency_that_is_down(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, queue="redis", redis_url=f"redis://127.0.0.1:{_closed_port()}/0")
+    settings = settings_for(tmp_path, queue="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0")
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503

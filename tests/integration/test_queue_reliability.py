@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +22,10 @@ from api.runtime import EmbeddedWorker, Runtime
 from core.audit import AuditAction
 from core.records import DocumentStatus, IngestStage
 from core.schema import migrate
+from evals.bench.server import free_port
 from ingest.tasks import enqueue
 from retrieval.factory import create_index
-from tests.conftest import SECRET
-from tests.helpers import register_document, settings_for
+from tests.helpers import register_document, settings_for, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,28 +39,6 @@ def broker() -> Iterator[None]:
     connection.flushdb()
     yield
     connection.flushdb()
-
-
-def _worker(data_dir: Path, log: Path, metrics_port: int | None = None) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TESSERA_JWT_SECRET": SECRET,
-        "TESSERA_DATA_DIR": str(data_dir),
-        "TESSERA_QUEUE": "redis",
-        "TESSERA_REDIS_URL": REDIS_URL,
-        "TESSERA_QUEUE_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
-        "TESSERA_LOG_FORMAT": "json",
-    }
-    if metrics_port is not None:
-        env["TESSERA_WORKER_METRICS_PORT"] = str(metrics_port)
-    command = [sys.executable, "-m", "api.cli", "worker", "--pool", "solo", "--embedded-index", "--log-level", "INFO"]
-    return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait(condition: object, timeout_s: float, what: str) -> None:
@@ -87,7 +62,7 @@ def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_on
     enqueue(runtime.ingest_task, document_id)
     log = tmp_path / "workers.log"
 
-    first = _worker(tmp_path, log)
+    first = start_worker(tmp_path, REDIS_URL, log, queue_visibility_timeout_s=VISIBILITY_S)
     try:
         _wait(
             lambda: runtime.registry.get(document_id).stage is IngestStage.EMBEDDING, 120, "the first worker to embed"
@@ -98,8 +73,10 @@ def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_on
     killed = runtime.registry.get(document_id)
     assert killed.status is DocumentStatus.PROCESSING and killed.attempts == 1
 
-    metrics_port = _free_port()
-    second = _worker(tmp_path, log, metrics_port)
+    metrics_port = free_port()
+    second = start_worker(
+        tmp_path, REDIS_URL, log, queue_visibility_timeout_s=VISIBILITY_S, worker_metrics_port=metrics_port
+    )
     try:
         _wait(lambda: runtime.registry.get(document_id).status.is_final, 180, "the second worker to finish")
         # The replacement's own metrics: its one ingestion, by stage, and the registry's count.

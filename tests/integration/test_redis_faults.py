@@ -19,9 +19,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,10 +37,10 @@ from core.audit import AuditAction
 from core.index import SearchMode
 from core.records import DocumentStatus, IngestStage
 from core.schema import migrate
+from evals.bench.server import free_port
 from ingest.tasks import INGEST_QUEUE, INGEST_TASK_NAME, enqueue
 from retrieval.factory import create_index
-from tests.conftest import SECRET
-from tests.helpers import auth, register_document, settings_for, upload, wait_final
+from tests.helpers import auth, register_document, settings_for, start_worker, upload, wait_final
 from tests.integration.conftest import serve
 
 pytestmark = [
@@ -54,12 +52,6 @@ pytestmark = [
 TENANT = "acme"
 ALICE = auth("alice")
 UPLOAD_BOUND_S = 5.0  # the issue's requirement for an upload while the broker is down
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait(condition: Callable[[], object], timeout_s: float, what: str) -> None:
@@ -74,7 +66,7 @@ class RedisServer:
     """A redis-server of the test's own: append-only file on, so queued tasks survive a restart."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen[bytes] | None = None
@@ -133,22 +125,6 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.kill()
 
 
-def _worker(data_dir: Path, redis_url: str, log: Path, *, pool: str, concurrency: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "TESSERA_JWT_SECRET": SECRET,
-        "TESSERA_DATA_DIR": str(data_dir),
-        "TESSERA_QUEUE": "redis",
-        "TESSERA_REDIS_URL": redis_url,
-        "TESSERA_LOG_FORMAT": "json",
-    }
-    command = [
-        sys.executable, "-m", "api.cli", "worker", "--embedded-index", "--log-level", "INFO",
-        "--pool", pool, "--concurrency", str(concurrency),
-    ]  # fmt: skip
-    return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def _attempt_lines(text: str) -> dict[str, list[int]]:
     """The pipeline's `ingest: <id> v1 (<name>) attempt N` lines: which runs started, per document."""
     started: dict[str, list[int]] = {}
@@ -199,7 +175,7 @@ def test_redis_restarted_with_tasks_queued_and_in_flight_every_document_ends_rea
     assert own_redis.client().llen(INGEST_QUEUE) == len(ids)
 
     log = tmp_path / "worker.log"
-    worker = _worker(data_dir, own_redis.url, log, pool=pool, concurrency=concurrency)
+    worker = start_worker(data_dir, own_redis.url, log, pool=pool, concurrency=concurrency)
     try:
         _wait(lambda: runtime.registry.get(ids[0]).stage is IngestStage.EMBEDDING, 150, "the first document to embed")
         in_flight = ids[:concurrency]
