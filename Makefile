@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# (timm, torchvision) would pull a CUDA torch, and the fast path needs none of them.
 	$(BIN)/pip install -q --no-deps unstructured-inference==1.6.14
 	$(BIN)/python -c "import core.assets as a; a.load_encoding(); a.embedding_model_dir(); a.spacy_model_dir()"
+	# The fp32 ONNX export the default backend runs on CPU (offline, ~5 s), into TESSERA_MODEL_CACHE_DIR or ~/.cache.
+	$(BIN)/python -c "from core.embedding import Embedder; Embedder(backend='onnx').warm_up()"
 	touch $(STAMP)
 
 demo: install

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -136,3 +137,12 @@ def embedding_model_dir() -> Path:
 
 def spacy_model_dir() -> Path:
     return verified_path(SPACY_EN_CORE_WEB_SM)
+
+
+def default_model_cache_dir() -> Path:
+    """Where ONNX exports of the embedding model are kept: TESSERA_MODEL_CACHE_DIR, else the user's cache
+    ($XDG_CACHE_HOME or ~/.cache), shared by every data directory, since an export depends only on the weights."""
+    if configured := os.environ.get("TESSERA_MODEL_CACHE_DIR"):
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tessera" / "models"

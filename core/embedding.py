@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from core.assets import embedding_model_dir
+from core.assets import default_model_cache_dir, embedding_model_dir
 
 # all-MiniLM-L6-v2 reads at most 256 word pieces; longer input is truncated by the model.
 MODEL_MAX_WORD_PIECES = 256
@@ -29,7 +29,10 @@ DEFAULT_MAX_BATCH_TEXTS = 256
 # each call's texts by length, so they pad little). Not measured here: no GPU was lent to this project yet.
 GPU_BATCH_SIZE = 1024
 
-Backend = Literal["torch", "onnx-int8"]
+# "auto": torch (fp16) where CUDA is present, else "onnx" (fp32, the same vectors, faster on CPU; see
+# core/onnx_encoder.py). "onnx-int8" is opt-in: faster still, vectors close to but not equal to fp32's.
+Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
+ResolvedBackend = Literal["torch", "onnx", "onnx-int8"]
 
 
 class EncoderModel(Protocol):
@@ -47,7 +50,7 @@ class TorchEncoder:
     """sentence-transformers in fp32 on the CPU (or fp16 on CUDA where present)."""
 
     def __init__(self, device: str) -> None:
-        import torch  # here, not at the top: the onnx-int8 backend starts without torch
+        import torch  # here, not at the top: the ONNX backends start without torch
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -85,12 +88,27 @@ class _Request:
     error: BaseException | None = None
 
 
-def default_device(backend: Backend) -> str:
-    if backend != "torch":
-        return "cpu"
+def cuda_present() -> bool:
+    """Whether a CUDA device can run the model. Without an NVIDIA device node this answers without importing
+    torch, which costs seconds of start-up."""
+    if not Path("/dev/nvidiactl").exists():
+        return False
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return bool(torch.cuda.is_available())
+
+
+def resolve_backend(backend: Backend, device: str | None = None) -> ResolvedBackend:
+    """The backend "auto" stands for: torch on CUDA (fp16, large batches), the fp32 ONNX export on CPU."""
+    if backend != "auto":
+        return backend
+    if device is not None:
+        return "torch" if device.startswith("cuda") else "onnx"
+    return "torch" if cuda_present() else "onnx"
+
+
+def default_device(backend: ResolvedBackend) -> str:
+    return "cuda" if backend == "torch" and cuda_present() else "cpu"
 
 
 class Embedder:
@@ -101,18 +119,18 @@ class Embedder:
         self,
         batch_size: int = 32,
         device: str | None = None,
-        backend: Backend = "torch",
+        backend: Backend = "auto",
         max_batch_texts: int = DEFAULT_MAX_BATCH_TEXTS,
         model_cache_dir: Path | None = None,
     ) -> None:
         if batch_size < 1 or max_batch_texts < 1:
             raise ValueError("batch sizes must be at least 1")
-        self.device = device or default_device(backend)
+        self.backend: ResolvedBackend = resolve_backend(backend, device)
+        self.device = device or default_device(self.backend)
         on_gpu = self.device.startswith("cuda")
         self.batch_size = max(batch_size, GPU_BATCH_SIZE) if on_gpu else batch_size
-        self.backend = backend
         self.max_batch_texts = max(max_batch_texts, 4 * GPU_BATCH_SIZE) if on_gpu else max_batch_texts
-        self.model_cache_dir = model_cache_dir
+        self.model_cache_dir = model_cache_dir or default_model_cache_dir()
         self._model: EncoderModel | None = None
         self._load_lock = threading.Lock()
         self._queue_lock = threading.Condition()
@@ -137,11 +155,10 @@ class Embedder:
     def _load(self) -> EncoderModel:
         if self.backend == "torch":
             return TorchEncoder(self.device)
-        from core.onnx_encoder import OnnxInt8Encoder
+        from core.onnx_encoder import OnnxEncoder, Precision
 
-        if self.model_cache_dir is None:
-            raise ValueError("the onnx-int8 backend needs a directory for the exported model")
-        encoder: EncoderModel = OnnxInt8Encoder(embedding_model_dir(), self.model_cache_dir)
+        precision: Precision = "int8" if self.backend == "onnx-int8" else "fp32"
+        encoder: EncoderModel = OnnxEncoder(embedding_model_dir(), self.model_cache_dir, precision)
         return encoder
 
     @property

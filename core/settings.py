@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.assets import default_model_cache_dir
 from core.errors import ConfigError
 
 ENV_PREFIX = "TESSERA_"
@@ -80,9 +81,13 @@ class Settings(BaseSettings):
     archive_max_entries: int = Field(default=10_000, ge=10)
     archive_max_uncompressed_mb: int = Field(default=512, ge=1)
     archive_max_ratio: int = Field(default=200, ge=10)
-    # The embedding backend: sentence-transformers ("torch": fp32 on CPU, fp16 on CUDA where present), or an
-    # int8 ONNX export of the same model ("onnx-int8"), made offline under <data_dir>/models on first start.
-    embed_backend: Literal["torch", "onnx-int8"] = "torch"
+    # The embedding backend (core/embedding.py): "auto" is sentence-transformers in fp16 where CUDA is present,
+    # else "onnx": an fp32 ONNX export of the same model, the same vectors 2-5x as fast on CPU. "torch" forces
+    # sentence-transformers; "onnx-int8" is the int8-quantized export (faster still, vectors slightly different).
+    embed_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    # Where the ONNX exports are kept (made offline from the bundled weights at install or first use and checked
+    # by SHA-256); unset: the user's cache, shared by every data directory (core.assets.default_model_cache_dir).
+    model_cache_dir: Path | None = None
 
     # Evaluation suites (evals/): where datasets and run records live, the nightly schedule (service mode,
     # Celery beat), and an optional OpenAI-compatible endpoint for the LLM-judged metrics.
@@ -154,7 +159,7 @@ class Settings(BaseSettings):
 
     @property
     def model_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.model_cache_dir or default_model_cache_dir()
 
     @property
     def blob_dir(self) -> Path:

@@ -1,14 +1,15 @@
-"""Measure the int8 ONNX embedding backend against the fp32 sentence-transformers model, in one run:
+"""Measure an ONNX embedding backend (--precision int8 or fp32) against the sentence-transformers model in fp32
+("torch"), in one run:
 
-(a) encode throughput on the same texts (the first N DBpedia passages, title + "\\n\\n" + text), fp32 and int8
+(a) encode throughput on the same texts (the first N DBpedia passages, title + "\\n\\n" + text), both backends'
     runs interleaved, medians over the repeats;
 (b) nDCG@10 on both shared BEIR datasets with each backend, by exact brute-force cosine over all passages (no ACL),
     with the standard error of the paired per-query difference (the sets have few judged queries) and fidelity@10,
-    the share of the fp32 top 10 that int8 also returns.
+    the share of the torch top 10 that ONNX also returns.
 
 Prints a table and writes JSON to --json.
 
-    .venv/bin/python scripts/measure_onnx.py --json data/measure-onnx.json [--texts 2000] [--repeats 3]
+    .venv/bin/python scripts/measure_onnx.py --json data/measure-onnx.json [--precision int8] [--texts 2000]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import onnxruntime as ort
 
 import core.offline
 from core.assets import embedding_model_dir
-from core.onnx_encoder import MANIFEST_FILE, OnnxInt8Encoder, export_int8
+from core.onnx_encoder import OnnxEncoder, export_onnx, manifest_file
 from evals.datasets import BeirDataset, load_beir
 from evals.metrics import fidelity_at_k, mean_of, ndcg_at_k
 
@@ -65,12 +66,12 @@ class Throughput:
 class Relevance:
     passages: int
     queries: int
-    ndcg10_fp32: float
-    ndcg10_int8: float
-    relative_diff: float  # (int8 - fp32) / fp32
+    ndcg10_torch: float
+    ndcg10_onnx: float
+    relative_diff: float  # (onnx - torch) / torch
     relative_diff_se: float  # standard error of relative_diff from the paired per-query differences
-    fidelity10: float  # mean share of the fp32 top 10 that int8 also returns in its top 10
-    passage_cosine_min: float  # between the fp32 and int8 vectors of the same passage
+    fidelity10: float  # mean share of the torch top 10 that ONNX also returns in its top 10
+    passage_cosine_min: float  # between the torch and ONNX vectors of the same passage
     passage_cosine_mean: float
 
 
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--texts", type=int, default=2000, help="DBpedia passages for the throughput test")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="the ONNX export to measure")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: cores)")
     parser.add_argument("--export-dir", type=Path, default=None, help="default: a fresh temporary folder")
@@ -139,15 +141,15 @@ def main() -> None:
     torch.set_num_threads(cores)  # as core.embedding.Embedder does
     fp32_model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
     export_dir = args.export_dir or Path(tempfile.mkdtemp(prefix="tessera-onnx-"))
-    reused = (export_dir / MANIFEST_FILE).is_file()
+    reused = (export_dir / manifest_file(args.precision)).is_file()
     began = time.perf_counter()
-    export_int8(model_dir, export_dir)
+    export_onnx(model_dir, export_dir, args.precision)
     export_s = time.perf_counter() - began
     began = time.perf_counter()
-    int8_model = OnnxInt8Encoder(model_dir, export_dir, threads=args.threads)  # re-uses the export just made
+    onnx_model = OnnxEncoder(model_dir, export_dir, args.precision, threads=args.threads)  # re-uses the export
     start_s = time.perf_counter() - began
 
-    def fp32(texts: Sequence[str]) -> np.ndarray:
+    def torch_fp32(texts: Sequence[str]) -> np.ndarray:
         vectors = fp32_model.encode(
             list(texts),
             batch_size=args.batch_size,
@@ -157,34 +159,35 @@ def main() -> None:
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def int8(texts: Sequence[str]) -> np.ndarray:
-        return int8_model.encode(texts, batch_size=args.batch_size)
+    def onnx(texts: Sequence[str]) -> np.ndarray:
+        return onnx_model.encode(texts, batch_size=args.batch_size)
 
-    backends: dict[str, Encode] = {"fp32": fp32, "int8": int8}
+    onnx_name = f"onnx-{args.precision}"
+    backends: dict[str, Encode] = {"torch": torch_fp32, onnx_name: onnx}
     dbpedia = load_beir(args.datasets / "dbpedia")
     texts = [passage.document_text for passage in list(dbpedia.passages.values())[: args.texts]]
     print(f"throughput over {len(texts)} DBpedia passages, batch {args.batch_size}, {args.repeats} repeats")
     throughput = _throughput(backends, texts, args.repeats)
-    ratio = throughput["int8"].texts_per_s / throughput["fp32"].texts_per_s
-    cpu_ratio = throughput["int8"].texts_per_cpu_s / throughput["fp32"].texts_per_cpu_s
+    ratio = throughput[onnx_name].texts_per_s / throughput["torch"].texts_per_s
+    cpu_ratio = throughput[onnx_name].texts_per_cpu_s / throughput["torch"].texts_per_cpu_s
 
     relevance: dict[str, Relevance] = {}
     for name in ("dbpedia", "business-reports"):
         dataset = dbpedia if name == "dbpedia" else load_beir(args.datasets / name)
         print(f"nDCG@10 on {name}: {len(dataset.passages)} passages, {len(dataset.queries)} queries", flush=True)
-        exact, quantized = _rank(dataset, fp32), _rank(dataset, int8)
-        fp32_ndcg, int8_ndcg = statistics.fmean(exact.ndcg10), statistics.fmean(quantized.ndcg10)
-        diffs = np.subtract(quantized.ndcg10, exact.ndcg10)
+        exact, candidate = _rank(dataset, torch_fp32), _rank(dataset, onnx)
+        torch_ndcg, onnx_ndcg = statistics.fmean(exact.ndcg10), statistics.fmean(candidate.ndcg10)
+        diffs = np.subtract(candidate.ndcg10, exact.ndcg10)
         diff_se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
-        fidelity = mean_of(fidelity_at_k(q, e, k=10) for q, e in zip(quantized.top10, exact.top10, strict=True))
-        cosines = (exact.passages * quantized.passages).sum(axis=1)
+        fidelity = mean_of(fidelity_at_k(c, e, k=10) for c, e in zip(candidate.top10, exact.top10, strict=True))
+        cosines = (exact.passages * candidate.passages).sum(axis=1)
         relevance[name] = Relevance(
             passages=len(dataset.passages),
             queries=len(dataset.queries),
-            ndcg10_fp32=fp32_ndcg,
-            ndcg10_int8=int8_ndcg,
-            relative_diff=(int8_ndcg - fp32_ndcg) / fp32_ndcg,
-            relative_diff_se=diff_se / fp32_ndcg,
+            ndcg10_torch=torch_ndcg,
+            ndcg10_onnx=onnx_ndcg,
+            relative_diff=(onnx_ndcg - torch_ndcg) / torch_ndcg,
+            relative_diff_se=diff_se / torch_ndcg,
             fidelity10=fidelity or 0.0,
             passage_cosine_min=float(cosines.min()),
             passage_cosine_mean=float(cosines.mean()),
@@ -196,7 +199,7 @@ def main() -> None:
         "ndcg_no_more_than_1pct_lower": all(r.relative_diff >= -0.01 for r in relevance.values()),
     }
     cpu_model = _cpu_model()
-    onnx_bytes = int8_model.onnx_path.stat().st_size
+    onnx_bytes = onnx_model.onnx_path.stat().st_size
     result = {
         "machine": {
             "cpu_count": cores,
@@ -206,6 +209,7 @@ def main() -> None:
             "onnxruntime": ort.__version__,
         },
         "settings": {
+            "precision": args.precision,
             "texts": len(texts),
             "repeats": args.repeats,
             "batch_size": args.batch_size,
@@ -222,26 +226,26 @@ def main() -> None:
         },
         "throughput": {
             **{name: asdict(t) for name, t in throughput.items()},
-            "ratio_int8_over_fp32": ratio,
-            "cpu_time_ratio_int8_over_fp32": cpu_ratio,
+            "ratio_onnx_over_torch": ratio,
+            "cpu_time_ratio_onnx_over_torch": cpu_ratio,
         },
         "relevance": {name: asdict(r) for name, r in relevance.items()},
         "targets": targets,
     }
 
     print()
-    fp, q = throughput["fp32"], throughput["int8"]
+    fp, q = throughput["torch"], throughput[onnx_name]
     print(f"machine: {cores} cores, {cpu_model}; batch {args.batch_size}, onnx threads {args.threads or cores}")
     print(
         f"export: {export_s:.1f} s ({'re-used' if reused else 'fresh'}), {onnx_bytes:,} bytes; "
         f"encoder start {start_s:.2f} s"
     )
-    print(f"{'':28}{'fp32':>10}{'int8':>10}{'int8/fp32':>12}")
+    print(f"{'':28}{'torch':>10}{onnx_name:>10}{'ratio':>12}")
     print(f"{'texts/s (wall, median)':28}{fp.texts_per_s:>10.1f}{q.texts_per_s:>10.1f}{ratio:>12.2f}")
     print(f"{'texts/CPU-s (median)':28}{fp.texts_per_cpu_s:>10.1f}{q.texts_per_cpu_s:>10.1f}{cpu_ratio:>12.2f}")
     for name, r in relevance.items():
         print(
-            f"{'nDCG@10 ' + name:28}{r.ndcg10_fp32:>10.4f}{r.ndcg10_int8:>10.4f}{r.relative_diff:>+12.2%}"
+            f"{'nDCG@10 ' + name:28}{r.ndcg10_torch:>10.4f}{r.ndcg10_onnx:>10.4f}{r.relative_diff:>+12.2%}"
             f"  (± {r.relative_diff_se:.2%} s.e., {r.queries} queries; fidelity@10 {r.fidelity10:.3f}, "
             f"passage cosine min {r.passage_cosine_min:.4f} mean {r.passage_cosine_mean:.4f})"
         )

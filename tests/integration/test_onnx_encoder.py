@@ -1,5 +1,6 @@
-"""The int8 ONNX backend against the real model: exported into a temporary folder, compared with the fp32
-sentence-transformers vectors, and its export manifest re-used or rejected as it should be."""
+"""The ONNX backends against the real model: exported into a temporary folder, compared with sentence-transformers'
+fp32 vectors (the fp32 export equal to them, the int8 one close), and the export manifest re-used or rejected as it
+should be."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 import core.onnx_encoder as onnx_encoder
-from core.assets import embedding_model_dir
-from core.embedding import Embedder
-from core.onnx_encoder import MANIFEST_FILE, ONNX_FILE, OnnxInt8Encoder, export_int8
+from core.assets import default_model_cache_dir, embedding_model_dir
+from core.embedding import Embedder, resolve_backend
+from core.onnx_encoder import OnnxEncoder, export_onnx, manifest_file, onnx_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,12 +67,12 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def encoder(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> OnnxInt8Encoder:
-    return OnnxInt8Encoder(model_dir, tmp_path_factory.mktemp("onnx"))
+def encoder(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> OnnxEncoder:
+    return OnnxEncoder(model_dir, tmp_path_factory.mktemp("onnx"), "int8")
 
 
 @pytest.fixture
-def export_copy(encoder: OnnxInt8Encoder, tmp_path: Path) -> Path:
+def export_copy(encoder: OnnxEncoder, tmp_path: Path) -> Path:
     """A copy of the module's export (export folder with .onnx and manifest) that a test may alter."""
     target = tmp_path / "export"
     shutil.copytree(encoder.onnx_path.parent, target)
@@ -101,7 +102,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_vectors_match_fp32(encoder: OnnxInt8Encoder, fp32: SentenceTransformer) -> None:
+def test_vectors_match_fp32(encoder: OnnxEncoder, fp32: SentenceTransformer) -> None:
     vectors = encoder.encode(SENTENCES, batch_size=32)
     reference = fp32.encode(SENTENCES, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     assert vectors.shape == (len(SENTENCES), 384) == reference.shape
@@ -114,7 +115,7 @@ def test_vectors_match_fp32(encoder: OnnxInt8Encoder, fp32: SentenceTransformer)
     assert (np.argmax(vectors @ reference.T, axis=1) == np.arange(len(SENTENCES))).all()
 
 
-def test_batch_size_does_not_change_meaning(encoder: OnnxInt8Encoder) -> None:
+def test_batch_size_does_not_change_meaning(encoder: OnnxEncoder) -> None:
     together = encoder.encode(SENTENCES, batch_size=32)
     alone = encoder.encode(SENTENCES, batch_size=1)
     assert alone.shape == together.shape
@@ -125,7 +126,7 @@ def test_batch_size_does_not_change_meaning(encoder: OnnxInt8Encoder) -> None:
         encoder.encode(SENTENCES, batch_size=0)
 
 
-def test_concurrent_encode_calls(encoder: OnnxInt8Encoder) -> None:
+def test_concurrent_encode_calls(encoder: OnnxEncoder) -> None:
     expected = encoder.encode(SENTENCES, batch_size=8)
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda _: encoder.encode(SENTENCES, batch_size=8), range(3)))
@@ -133,41 +134,41 @@ def test_concurrent_encode_calls(encoder: OnnxInt8Encoder) -> None:
         np.testing.assert_allclose(result, expected, atol=1e-5)
 
 
-def test_dimension_and_token_count(encoder: OnnxInt8Encoder, fp32: SentenceTransformer) -> None:
+def test_dimension_and_token_count(encoder: OnnxEncoder, fp32: SentenceTransformer) -> None:
     assert encoder.dimension == 384
     counts = [encoder.token_count(text) for text in SENTENCES]
     assert counts == [len(fp32.tokenizer.tokenize(text)) for text in SENTENCES]
     assert max(counts) > 256  # counted in full, not truncated
 
 
-def test_sensitive_projections_stay_fp32(encoder: OnnxInt8Encoder) -> None:
+def test_sensitive_projections_stay_fp32(encoder: OnnxEncoder) -> None:
     graph = onnx.load(str(encoder.onnx_path)).graph
     fp32 = sorted(node.name for node in graph.node if node.op_type == "MatMul" and "/output/dense/" in node.name)
     assert fp32 == [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
     assert sum(node.op_type == "MatMulInteger" for node in graph.node) == 6 * 6 - 3  # every other projection
 
 
-def test_export_is_reused(encoder: OnnxInt8Encoder, model_dir: Path, export_counter: list[Path]) -> None:
+def test_export_is_reused(encoder: OnnxEncoder, model_dir: Path, export_counter: list[Path]) -> None:
     export_dir = encoder.onnx_path.parent
-    manifest = json.loads((export_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = json.loads((export_dir / manifest_file("int8")).read_text(encoding="utf-8"))
     assert manifest["source_sha256"] == _sha256(model_dir / "model.safetensors")
     assert manifest["onnx_sha256"] == _sha256(encoder.onnx_path)
     mtime = encoder.onnx_path.stat().st_mtime_ns
-    assert export_int8(model_dir, export_dir) == encoder.onnx_path
+    assert export_onnx(model_dir, export_dir, "int8") == encoder.onnx_path
     assert export_counter == []
     assert encoder.onnx_path.stat().st_mtime_ns == mtime
 
 
 def test_corrupted_export_is_replaced(model_dir: Path, export_copy: Path, export_counter: list[Path]) -> None:
-    onnx_path = export_copy / ONNX_FILE
+    onnx_path = export_copy / onnx_file("int8")
     good = _sha256(onnx_path)
     data = bytearray(onnx_path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte inside the weights
     onnx_path.write_bytes(bytes(data))
 
-    assert export_int8(model_dir, export_copy) == onnx_path
+    assert export_onnx(model_dir, export_copy, "int8") == onnx_path
     assert len(export_counter) == 1
-    manifest = json.loads((export_copy / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = json.loads((export_copy / manifest_file("int8")).read_text(encoding="utf-8"))
     assert _sha256(onnx_path) == manifest["onnx_sha256"] == good  # the export is deterministic
     assert not [p for p in export_copy.iterdir() if p.name.startswith(".export-")]  # no scratch left behind
 
@@ -175,10 +176,10 @@ def test_corrupted_export_is_replaced(model_dir: Path, export_copy: Path, export
 def test_manifest_for_other_weights_is_not_reused(
     model_dir: Path, export_copy: Path, export_counter: list[Path]
 ) -> None:
-    manifest_path = export_copy / MANIFEST_FILE
+    manifest_path = export_copy / manifest_file("int8")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     manifest_path.write_text(json.dumps({**manifest, "source_sha256": "0" * 64}), encoding="utf-8")
-    export_int8(model_dir, export_copy)
+    export_onnx(model_dir, export_copy, "int8")
     assert len(export_counter) == 1
     assert json.loads(manifest_path.read_text(encoding="utf-8"))["source_sha256"] == manifest["source_sha256"]
 
@@ -188,6 +189,49 @@ def test_the_embedder_serves_the_int8_backend_when_set(tmp_path: Path, fp32: Sen
     embedder = Embedder(backend="onnx-int8", model_cache_dir=tmp_path / "models")
     texts = ["Peregrine falcons nest on the cathedral tower.", "Revenue rose eight percent in the quarter."]
     vectors = embedder.encode(texts)
-    assert (tmp_path / "models" / ONNX_FILE).is_file() and embedder.device == "cpu"
+    assert (tmp_path / "models" / onnx_file("int8")).is_file() and embedder.device == "cpu"
     reference = fp32.encode(texts, normalize_embeddings=True)
     assert all(float(np.dot(a, b)) >= 0.98 for a, b in zip(vectors, reference, strict=True))
+
+
+@pytest.fixture(scope="module")
+def fp32_encoder(model_dir: Path) -> OnnxEncoder:
+    """The fp32 export the default backend uses, from the shared cache (`make install` made it)."""
+    return OnnxEncoder(model_dir, default_model_cache_dir(), "fp32")
+
+
+def test_fp32_export_gives_sentence_transformers_vectors(fp32_encoder: OnnxEncoder, fp32: SentenceTransformer) -> None:
+    """The default backend on CPU: the same vectors as sentence-transformers, not merely close ones (measured:
+    at most 2e-7 apart per component), alone or in a batch, truncation of long texts included."""
+    reference = fp32.encode(SENTENCES, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    for batch_size in (32, 1):
+        vectors = fp32_encoder.encode(SENTENCES, batch_size=batch_size)
+        assert vectors.shape == reference.shape and vectors.dtype == np.float32
+        np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    graph = onnx.load(str(fp32_encoder.onnx_path)).graph
+    assert not [node.name for node in graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeLinear")]
+    manifest = json.loads((fp32_encoder.onnx_path.parent / manifest_file("fp32")).read_text(encoding="utf-8"))
+    assert manifest["quantization"] is None and manifest["onnx_sha256"] == _sha256(fp32_encoder.onnx_path)
+
+
+def test_a_valid_export_is_read_without_the_lock(
+    fp32_encoder: OnnxEncoder, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container reads the export its image carries from a folder it may not write: re-use takes no lock."""
+
+    def no_lock(export_dir: Path) -> None:
+        raise AssertionError(f"took the export lock in {export_dir}")
+
+    monkeypatch.setattr(onnx_encoder, "_exclusive", no_lock)
+    assert export_onnx(model_dir, fp32_encoder.onnx_path.parent, "fp32") == fp32_encoder.onnx_path
+
+
+def test_auto_backend_is_onnx_fp32_on_cpu_and_torch_on_cuda(fp32: SentenceTransformer) -> None:
+    assert resolve_backend("auto", "cpu") == "onnx"
+    assert resolve_backend("auto", "cuda:0") == "torch"
+    for explicit in ("torch", "onnx", "onnx-int8"):
+        assert resolve_backend(explicit, "cuda") == explicit  # type: ignore[arg-type]
+    embedder = Embedder()  # this machine has no GPU: the default is the fp32 export
+    assert (embedder.backend, embedder.device) == ("onnx", "cpu")
+    texts = ["Peregrine falcons nest on the cathedral tower.", "Revenue rose eight percent in the quarter."]
+    np.testing.assert_allclose(embedder.encode(texts), fp32.encode(texts, normalize_embeddings=True), atol=1e-5)
