@@ -18,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import URL, Connection, inspect, text
 
 import core.apikeys
 import core.audit
@@ -54,14 +54,12 @@ def current_revision(database: Database) -> str | None:
 
 
 @contextmanager
-def _migration_lock(connection: Connection) -> Iterator[None]:
-    if connection.dialect.name == "postgresql":
-        # Released when the surrounding transaction ends (Postgres DDL is transactional).
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-        yield
-        return
-    path = connection.engine.url.database
-    if connection.dialect.name != "sqlite" or not path or path == ":memory:":
+def _sqlite_file_lock(url: URL) -> Iterator[None]:
+    """SQLite: a lock file beside the database, taken before any connection opens. Connections opened while
+    another switches a new database to WAL can get "database is locked" at once, busy timeout or not (seen
+    with four starts at once on a loaded machine)."""
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
         yield
         return
     with Path(f"{path}.migrate-lock").open("w") as lock_file:
@@ -72,10 +70,23 @@ def _migration_lock(connection: Connection) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _postgres_advisory_lock(connection: Connection) -> Iterator[None]:
+    if connection.dialect.name == "postgresql":
+        # Released when the surrounding transaction ends (Postgres DDL is transactional).
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+    yield
+
+
 def migrate(database: Database) -> str:
     """Upgrade the database to the newest revision; returns it. A database whose tables `create_all` made
     before migrations existed is stamped at the initial revision, which is that schema."""
-    with database.guard(), database.engine.begin() as connection, _migration_lock(connection):
+    with (
+        database.guard(),
+        _sqlite_file_lock(database.engine.url),
+        database.engine.begin() as connection,
+        _postgres_advisory_lock(connection),
+    ):
         config = alembic_config(connection)
         current = MigrationContext.configure(connection).get_current_revision()
         if current is None and inspect(connection).has_table("documents"):
