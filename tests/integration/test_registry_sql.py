@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect, text
 
+import core.db
 from api.app import create_app
 from api.cli import main
 from core.access import Principal, user_token
@@ -225,6 +226,58 @@ def test_concurrent_attempts_are_all_counted(database: Database) -> None:
     for thread in threads:
         thread.join()
     assert registry.get(doc).attempts == 8
+
+
+def test_concurrent_writers_all_land(database: Database) -> None:
+    """Sixteen threads writing audit records at once, as sixteen concurrent queries do: every record lands,
+    none fails. On SQLite they queue on the process's writer lock, not in SQLite's busy handler."""
+    audit = AuditLog(database)
+    errors: list[BaseException] = []
+
+    def writer(number: int) -> None:
+        try:
+            for step in range(25):
+                audit.write(tenant="acme", subject=f"user:u{number}", action=AuditAction.QUERY, outcome=str(step))
+        except BaseException as exc:  # collected: an assertion in a thread would go unseen
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    records = audit.search("acme", limit=1000)
+    assert len(records) == 16 * 25
+    assert {(r.subject, r.outcome) for r in records} == {(f"user:u{n}", str(s)) for n in range(16) for s in range(25)}
+
+
+def test_a_sqlite_writer_that_waits_too_long_is_told_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'registry.db'}")
+    migrate(database)
+    monkeypatch.setattr(core.db, "_SQLITE_BUSY_TIMEOUT_S", 0.2)
+    audit = AuditLog(database)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with database.session():
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(Unavailable, match="busy"):
+            audit.write(tenant="acme", subject="user:alice", action=AuditAction.QUERY, outcome="ok")
+    finally:
+        release.set()
+        holder.join()
+    audit.write(tenant="acme", subject="user:alice", action=AuditAction.QUERY, outcome="ok")  # free again
+    assert [r.outcome for r in audit.search("acme")] == ["ok"]
+    database.close()
 
 
 def test_api_keys_and_the_audit_log(database: Database) -> None:
