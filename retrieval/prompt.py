@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import tiktoken
@@ -60,6 +60,12 @@ def _assemble(blocks: Sequence[str], question: str) -> str:
     return f"{INSTRUCTIONS}\n\nContext:\n{context}\n\nQuestion: {question}\n\nAnswer:"
 
 
+# How far the token count of a joined prompt may be from the sum of its parts' counts, per join: cl100k's
+# pre-tokenizer keeps a run of punctuation with the newlines after it (">>\n\n"), so a join can merge or split a
+# token or two. Used only to skip exact counts that cannot change the outcome; the result is always counted whole.
+_JOIN_SLACK_TOKENS = 2
+
+
 def build_prompt(question: str, hits: Sequence[SearchHit], max_tokens: int, encoding: tiktoken.Encoding) -> BuiltPrompt:
     def count(text: str) -> int:
         return len(encoding.encode(text, disallowed_special=()))
@@ -71,6 +77,34 @@ def build_prompt(question: str, hits: Sequence[SearchHit], max_tokens: int, enco
             f"take {frame_tokens} tokens"
         )
     fence = _fence(question, hits)
+    # Each block is counted once; the whole prompt only when the sum of the parts is too close to the budget to
+    # decide. A query then encodes its context about twice instead of once per hit (k + 2 times).
+    base_tokens = count(_assemble([""], question))
+    blocks: list[str] = []
+    citations: dict[int, int] = {}
+    parts_tokens = 0
+    for position, hit in enumerate(hits):
+        candidate = _block(len(blocks) + 1, hit, fence)
+        candidate_tokens = count(candidate)
+        estimate = base_tokens + parts_tokens + candidate_tokens
+        slack = _JOIN_SLACK_TOKENS * (len(blocks) + 3)
+        if estimate - slack > max_tokens:
+            continue
+        if estimate + slack > max_tokens and count(_assemble([*blocks, candidate], question)) > max_tokens:
+            continue
+        blocks.append(candidate)
+        citations[position] = len(blocks)
+        parts_tokens += candidate_tokens
+    text = _assemble(blocks, question)
+    token_count = count(text)
+    if token_count > max_tokens:  # the slack was too small for this text: decide every block on exact counts
+        return _build_counting_whole_prompts(question, hits, max_tokens, fence, count)
+    return BuiltPrompt(text=text, token_count=token_count, citations=citations)
+
+
+def _build_counting_whole_prompts(
+    question: str, hits: Sequence[SearchHit], max_tokens: int, fence: str, count: Callable[[str], int]
+) -> BuiltPrompt:
     blocks: list[str] = []
     citations: dict[int, int] = {}
     for position, hit in enumerate(hits):

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from core.assets import load_encoding
 from core.errors import InputError
 from core.records import SearchHit
-from retrieval.prompt import build_prompt
+from retrieval.prompt import _build_counting_whole_prompts, _fence, build_prompt
 
 pytestmark = pytest.mark.unit
 
 ENCODING = load_encoding()
+
+
+def _count(text: str) -> int:
+    return len(ENCODING.encode(text, disallowed_special=()))
 
 
 def _hit(i: int, words: int) -> SearchHit:
@@ -65,3 +71,24 @@ def test_no_hits_gives_a_prompt_that_says_so() -> None:
 def test_a_budget_too_small_for_the_question_is_an_input_error() -> None:
     with pytest.raises(InputError, match="too small"):
         build_prompt("a long question " * 50, HITS, 64, ENCODING)
+
+
+def _random_hit(rng: random.Random, i: int) -> SearchHit:
+    pieces = ["word", "Ünïcödé", ">>", "<<", "\n\n", "\n", " ", "...", "12,345", "東京", "»", "-", "**", "\t", "a"]
+    text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 120)))
+    return SearchHit(f"d{i}", 1, i, text, 1.0, f"f{i}.txt", rng.choice([None, 1, 22]), rng.choice([None, "S>>"]))
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_counting_each_block_once_chooses_exactly_what_counting_whole_prompts_chooses(seed: int) -> None:
+    """The fast path (each block counted once, whole prompts only near the budget) against the definition:
+    a block is kept when the whole prompt with it, counted exactly, fits. Texts full of joins that BPE can merge
+    across; budgets from too tight for any block to room for all."""
+    rng = random.Random(seed)
+    hits = [_random_hit(rng, i) for i in range(rng.randint(0, 8))]
+    question = rng.choice(["q?", "What do the words say?\n\n>>", "» ünïcödé «"])
+    budget = rng.randint(110, 900)
+    built = build_prompt(question, hits, budget, ENCODING)
+    reference = _build_counting_whole_prompts(question, hits, budget, _fence(question, hits), _count)
+    assert built == reference
+    assert built.token_count == _count(built.text) <= budget
