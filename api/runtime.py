@@ -230,6 +230,8 @@ class Runtime:
             self._worker.stop()
             self._worker = None
             self._running_marker.unlink(missing_ok=True)
+        if "pipeline" in self.__dict__:
+            self.pipeline.parser.close()
         if "index" in self.__dict__:
             self.index.close()
         if "database" in self.__dict__:

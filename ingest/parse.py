@@ -31,7 +31,7 @@ from core.errors import DocumentRejected, UnsupportedType
 from core.records import Element
 from core.settings import Settings
 from ingest.archive import ArchiveLimits, check_archive
-from ingest.sandbox import ChildLimits, run_isolated
+from ingest.sandbox import ChildLimits, ChildPool
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +155,21 @@ def warm_up() -> None:
 
 
 class IsolatedParser:
-    """The pipeline's parse step: `parse` in a sandboxed child, within the limits."""
+    """The pipeline's parse step: `parse` in a sandboxed child, within the limits. A child parses only the
+    documents of one `owner` key (the pipeline's: tenant and owner), one after another (ingest/sandbox.py)."""
 
     def __init__(self, limits: ParseLimits) -> None:
         self.limits = limits
+        self.children = ChildPool()
 
-    def parse(self, path: Path, file_type: FileType, file_name: str) -> list[Element]:
-        elements: list[Element] = run_isolated(
-            parse, path, file_type, file_name, self.limits, limits=self.limits.child, what="parsing"
+    def parse(self, path: Path, file_type: FileType, file_name: str, *, owner: str) -> list[Element]:
+        elements: list[Element] = self.children.run(
+            owner, parse, path, file_type, file_name, self.limits, limits=self.limits.child, what="parsing"
         )
         return elements
+
+    def close(self) -> None:
+        self.children.close()
 
 
 def parse(path: Path, file_type: FileType, file_name: str, limits: ParseLimits) -> list[Element]:

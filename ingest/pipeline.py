@@ -167,7 +167,9 @@ class IngestPipeline:
         self.registry.set_stage(document_id, IngestStage.PARSING)
         with timed(stages, "parse"):
             path = self.blobs.path_for(document_id, version)
-            elements = self.parser.parse(path, FileType[record.file_type], record.file_name)
+            # Parse children are shared by one owner's documents only: \0 cannot occur in an identifier.
+            owner = f"{record.tenant}\0{record.owner}"
+            elements = self.parser.parse(path, FileType[record.file_type], record.file_name, owner=owner)
         self.registry.set_stage(document_id, IngestStage.CHUNKING, 0, len(elements))
         with timed(stages, "chunk"):
             chunks = self.chunker.chunk(elements)

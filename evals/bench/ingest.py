@@ -340,6 +340,6 @@ def encode_only(
         "texts_per_s": round(encoded / seconds, 2) if seconds > 0 else 0.0,
         "pass_texts_per_s": rates,
         "batch_size": size,
-        "backend": settings.embed_backend,
+        "backend": embedder.backend,
         "device": embedder.device,
     }

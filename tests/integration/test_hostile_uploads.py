@@ -19,6 +19,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import psutil
 import pytest
 
 from core.errors import DocumentRejected
-from ingest.sandbox import ChildCrashed, ChildLimits, run_isolated
+from ingest.sandbox import ChildCrashed, ChildLimits, ChildPool, run_isolated
 from tests.helpers import auth, query, register_document, upload, wait_final
 from tests.integration.conftest import Served, serve
 
@@ -307,6 +308,33 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
+_KEPT: list[bytearray] = []  # what a task leaves behind in its child
+
+
+def keep(megabytes: int, note: str) -> int:
+    """Leave `megabytes` and a note in this child for whatever task it runs next; its pid."""
+    _KEPT.append(bytearray(megabytes * 2**20))
+    os.environ["TESSERA_TEST_NOTE"] = note
+    return os.getpid()
+
+
+def look() -> tuple[int, str | None]:
+    """This child's pid and the note an earlier task left in it, if any."""
+    return os.getpid(), os.environ.get("TESSERA_TEST_NOTE")
+
+
+def room_mib(limit_bytes: int) -> int:
+    """How many MiB this child may still allocate under `limit_bytes` (its data segment against the cap)."""
+    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmData:"):
+            return (limit_bytes - int(line.split()[1]) * 1024) // 2**20
+    raise AssertionError("no VmData")
+
+
+def allocate_in(megabytes: int) -> tuple[int, int]:
+    return os.getpid(), len(bytearray(megabytes * 2**20))
+
+
 def test_the_sandbox_caps_memory_and_the_parent_is_untouched() -> None:
     limits = ChildLimits(memory_bytes=1024 * 2**20, seconds=60)
     assert run_isolated(allocate, 64, limits=limits, what="allocating") == 64 * 2**20
@@ -337,3 +365,68 @@ def test_the_sandbox_has_no_network() -> None:
 def test_the_sandbox_reports_a_crash_as_a_crash() -> None:
     with pytest.raises(ChildCrashed, match="killed by SIGSEGV"):
         run_isolated(die, limits=LIMITS, what="crashing")
+
+
+def test_pooled_children_serve_one_owner_and_never_another() -> None:
+    """What one owner's document leaves in a child (here a note in its environment) reaches that owner's next
+    documents only: another owner, or the same name in another tenant, gets a child of its own."""
+    pool = ChildPool()
+    try:
+        first = pool.run("acme\0alice", keep, 1, "left by alice", limits=LIMITS, what="parsing")
+        assert pool.run("acme\0alice", look, limits=LIMITS, what="parsing") == (first, "left by alice")
+        for other in ("acme\0bob", "globex\0alice"):
+            pid, note = pool.run(other, look, limits=LIMITS, what="parsing")
+            assert pid != first and note is None
+        assert pool.started == 3
+        # Two of alice's documents at once get a child each; both go back to wait for her next ones.
+        with ThreadPoolExecutor(max_workers=2) as threads:
+            pids = set(
+                threads.map(lambda n: pool.run("acme\0alice", sleep_then_look, n, limits=LIMITS, what="p"), [0, 1])
+            )
+        assert len(pids) == 2 and first in pids and pool.started == 4
+    finally:
+        pool.close()
+    assert _parse_children() == []
+
+
+def sleep_then_look(_: int) -> int:
+    time.sleep(0.5)
+    return os.getpid()
+
+
+def test_a_pooled_child_ends_after_a_limit_a_crash_or_its_uses() -> None:
+    pool = ChildPool(max_uses=2)
+    quick = ChildLimits(memory_bytes=LIMITS.memory_bytes, seconds=4)
+    try:
+        first = pool.run("k", keep, 1, "x", limits=quick, what="parsing")
+        with pytest.raises(DocumentRejected, match="took longer than the limit of 4 s"):
+            pool.run("k", sleep_for, 30, limits=quick, what="sleeping")
+        after_timeout, _ = pool.run("k", look, limits=quick, what="parsing")
+        assert after_timeout != first
+        with pytest.raises(ChildCrashed, match="killed by SIGSEGV"):
+            pool.run("k", die, limits=quick, what="crashing")
+        after_crash, _ = pool.run("k", look, limits=quick, what="parsing")
+        assert after_crash not in (first, after_timeout)
+        assert pool.run("k", look, limits=quick, what="parsing")[0] == after_crash  # its second use
+        assert pool.run("k", look, limits=quick, what="parsing")[0] != after_crash  # max_uses=2: a new one
+    finally:
+        pool.close()
+
+
+def test_a_document_gets_a_fresh_childs_memory_before_it_is_refused() -> None:
+    """A child that kept memory for an earlier document may lack room for the next: that one runs again in a
+    fresh child, so every document is held to the same cap; one that needs more than the cap is refused."""
+    pool = ChildPool()
+    try:
+        fresh_room = pool.run("k", room_mib, LIMITS.memory_bytes, limits=LIMITS, what="measuring")
+        child = pool.run("k", keep, fresh_room // 10, "kept", limits=LIMITS, what="parsing")  # still reused
+        assert pool.run("k", look, limits=LIMITS, what="parsing") == (child, "kept")
+        pid, size = pool.run("k", allocate_in, fresh_room - 100, limits=LIMITS, what="allocating")
+        assert size == (fresh_room - 100) * 2**20 and pid != child  # too big beside what was kept
+        with pytest.raises(DocumentRejected, match="more than the memory limit"):
+            pool.run("k", allocate_in, fresh_room + 100, limits=LIMITS, what="allocating")
+        # A child that kept more than a quarter of its room is not given the next document.
+        heavy = pool.run("k2", keep, fresh_room // 2, "heavy", limits=LIMITS, what="parsing")
+        assert pool.run("k2", look, limits=LIMITS, what="parsing")[0] != heavy
+    finally:
+        pool.close()
