@@ -203,7 +203,6 @@ class OnnxEncoder:
     def __init__(self, model_dir: Path, export_dir: Path, precision: Precision, threads: int | None = None) -> None:
         if threads is not None and threads < 1:
             raise ValueError("threads must be at least 1")
-        self.precision = precision
         self.onnx_path = export_onnx(model_dir, export_dir, precision)
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         self._dimension = int(config["hidden_size"])
