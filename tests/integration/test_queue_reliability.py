@@ -25,7 +25,7 @@ from core.schema import migrate
 from evals.bench.server import free_port
 from ingest.tasks import enqueue
 from retrieval.factory import create_index
-from tests.helpers import register_document, settings_for, start_worker
+from tests.helpers import register_document, settings_for, start_worker, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,14 +39,6 @@ def broker() -> Iterator[None]:
     connection.flushdb()
     yield
     connection.flushdb()
-
-
-def _wait(condition: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_once(
@@ -64,7 +56,7 @@ def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_on
 
     first = start_worker(tmp_path, REDIS_URL, log, queue_visibility_timeout_s=VISIBILITY_S)
     try:
-        _wait(
+        wait_until(
             lambda: runtime.registry.get(document_id).stage is IngestStage.EMBEDDING, 120, "the first worker to embed"
         )
     finally:
@@ -78,7 +70,7 @@ def test_a_worker_killed_mid_document_is_replaced_and_the_document_ends_ready_on
         tmp_path, REDIS_URL, log, queue_visibility_timeout_s=VISIBILITY_S, worker_metrics_port=metrics_port
     )
     try:
-        _wait(lambda: runtime.registry.get(document_id).status.is_final, 180, "the second worker to finish")
+        wait_until(lambda: runtime.registry.get(document_id).status.is_final, 180, "the second worker to finish")
         # The replacement's own metrics: its one ingestion, by stage, and the registry's count.
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         assert 'tessera_ingest_documents_total{outcome="ready"} 1.0' in metrics
@@ -121,7 +113,7 @@ def test_transient_errors_retry_with_backoff_then_fail_after_three_attempts(tmp_
     try:
         started = time.monotonic()
         enqueue(runtime.ingest_task, document_id)
-        _wait(lambda: runtime.registry.get(document_id).status.is_final, 120, "the document to give up")
+        wait_until(lambda: runtime.registry.get(document_id).status.is_final, 120, "the document to give up")
         elapsed = time.monotonic() - started
     finally:
         worker.stop()

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from core.schema import migrate
 from evals.bench.server import free_port
 from ingest.tasks import INGEST_QUEUE, INGEST_TASK_NAME, enqueue
 from retrieval.factory import create_index
-from tests.helpers import auth, register_document, settings_for, start_worker, upload, wait_final
+from tests.helpers import auth, register_document, settings_for, start_worker, upload, wait_final, wait_until
 from tests.integration.conftest import serve
 
 pytestmark = [
@@ -52,14 +52,6 @@ pytestmark = [
 TENANT = "acme"
 ALICE = auth("alice")
 UPLOAD_BOUND_S = 5.0  # the issue's requirement for an upload while the broker is down
-
-
-def _wait(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class RedisServer:
@@ -98,7 +90,7 @@ class RedisServer:
             except redis.RedisError:
                 return False
 
-        _wait(answers, 30, f"redis-server on port {self.port}")
+        wait_until(answers, 30, f"redis-server on port {self.port}")
 
     def stop(self) -> None:
         """SIGTERM: Redis flushes its append-only file and exits; the port then refuses connections."""
@@ -177,9 +169,13 @@ def test_redis_restarted_with_tasks_queued_and_in_flight_every_document_ends_rea
     log = tmp_path / "worker.log"
     worker = start_worker(data_dir, own_redis.url, log, pool=pool, concurrency=concurrency)
     try:
-        _wait(lambda: runtime.registry.get(ids[0]).stage is IngestStage.EMBEDDING, 150, "the first document to embed")
+        wait_until(
+            lambda: runtime.registry.get(ids[0]).stage is IngestStage.EMBEDDING, 150, "the first document to embed"
+        )
         in_flight = ids[:concurrency]
-        _wait(lambda: all(runtime.registry.get(i).stage for i in in_flight), 60, f"{concurrency} documents in flight")
+        wait_until(
+            lambda: all(runtime.registry.get(i).stage for i in in_flight), 60, f"{concurrency} documents in flight"
+        )
         queued_before = own_redis.client().llen(INGEST_QUEUE)
         own_redis.stop()  # mid-ingestion, with tasks waiting
         statuses_before = [runtime.registry.get(i).status.value for i in ids]
@@ -188,7 +184,7 @@ def test_redis_restarted_with_tasks_queued_and_in_flight_every_document_ends_rea
         queued_after = own_redis.client().llen(INGEST_QUEUE)
         unacked_after = own_redis.client().hlen("unacked")
         restarted_at = time.monotonic()
-        _wait(lambda: all(runtime.registry.get(i).status.is_final for i in ids), 180, "every document to finish")
+        wait_until(lambda: all(runtime.registry.get(i).status.is_final for i in ids), 180, "every document to finish")
         finished_s = time.monotonic() - restarted_at
         time.sleep(2.0)  # anything redelivered after the restart runs now, and must find the document final
     finally:
@@ -401,14 +397,14 @@ def _slow_document_outliving_the_visibility_timeout(
         try:
             started = time.monotonic()
             enqueue(runtime.ingest_task, document_id)
-            _wait(lambda: runtime.registry.get(document_id).status.is_final, 180, "the document to finish")
+            wait_until(lambda: runtime.registry.get(document_id).status.is_final, 180, "the document to finish")
             ingestion_s = time.monotonic() - started
             time.sleep(VISIBILITY_S * 2)  # a delivery restored now would start now
 
             def settled() -> bool:
                 return runs.running == 0 and broker.llen(INGEST_QUEUE) == 0 and broker.hlen("unacked") == 0
 
-            _wait(settled, 120, "every run of the task to end")
+            wait_until(settled, 120, "every run of the task to end")
         finally:
             worker.stop()
     record = runtime.registry.get(document_id)
