@@ -66,26 +66,52 @@ def _assemble(blocks: Sequence[str], question: str) -> str:
 _JOIN_SLACK_TOKENS = 2
 
 
+# Separates texts counted in one encode call. tiktoken splits its input at an allowed special token before the
+# pre-tokenizer and BPE run, so no token spans it and each text's tokens are those it has alone.
+_SEPARATOR = "<|endoftext|>"
+
+
+def token_counts(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]:
+    """How many tokens each text has when encoded alone, from one call into tiktoken: each call releases the GIL
+    and, with the API's threads busy, can wait milliseconds to get it back. A text holding the separator itself
+    is counted the slow way (every text alone), since the separator inside it would split it."""
+    if any(_SEPARATOR in text for text in texts):
+        return [len(encoding.encode(text, disallowed_special=())) for text in texts]
+    tokens = encoding.encode(_SEPARATOR.join(texts), allowed_special={_SEPARATOR}, disallowed_special=())
+    counts = [0]
+    for token in tokens:
+        if token == encoding.eot_token:
+            counts.append(0)
+        else:
+            counts[-1] += 1
+    return counts
+
+
 def build_prompt(question: str, hits: Sequence[SearchHit], max_tokens: int, encoding: tiktoken.Encoding) -> BuiltPrompt:
     def count(text: str) -> int:
         return len(encoding.encode(text, disallowed_special=()))
 
-    frame_tokens = count(_assemble([], question))
+    fence = _fence(question, hits)
+    # Every part is counted in one call, each block as numbered when every block before it fits; the whole prompt
+    # only when the sum of the parts is too close to the budget to decide, and once at the end.
+    numbered = [_block(position + 1, hit, fence) for position, hit in enumerate(hits)]
+    frame_tokens, base_tokens, *numbered_tokens = token_counts(
+        encoding, [_assemble([], question), _assemble([""], question), *numbered]
+    )
     if frame_tokens > max_tokens:
         raise InputError(
             f"max_context_tokens={max_tokens} is too small: the instructions and the question alone "
             f"take {frame_tokens} tokens"
         )
-    fence = _fence(question, hits)
-    # Each block is counted once; the whole prompt only when the sum of the parts is too close to the budget to
-    # decide. A query then encodes its context about twice instead of once per hit (k + 2 times).
-    base_tokens = count(_assemble([""], question))
     blocks: list[str] = []
     citations: dict[int, int] = {}
     parts_tokens = 0
     for position, hit in enumerate(hits):
-        candidate = _block(len(blocks) + 1, hit, fence)
-        candidate_tokens = count(candidate)
+        if len(blocks) == position:  # numbered as counted
+            candidate, candidate_tokens = numbered[position], numbered_tokens[position]
+        else:  # a block before it was left out: it has another number
+            candidate = _block(len(blocks) + 1, hit, fence)
+            candidate_tokens = count(candidate)
         estimate = base_tokens + parts_tokens + candidate_tokens
         slack = _JOIN_SLACK_TOKENS * (len(blocks) + 3)
         if estimate - slack > max_tokens:

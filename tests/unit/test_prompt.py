@@ -7,7 +7,7 @@ import pytest
 from core.assets import load_encoding
 from core.errors import InputError
 from core.records import SearchHit
-from retrieval.prompt import _build_counting_whole_prompts, _fence, build_prompt
+from retrieval.prompt import _build_counting_whole_prompts, _fence, build_prompt, token_counts
 
 pytestmark = pytest.mark.unit
 
@@ -92,3 +92,17 @@ def test_counting_each_block_once_chooses_exactly_what_counting_whole_prompts_ch
     reference = _build_counting_whole_prompts(question, hits, budget, _fence(question, hits), _count)
     assert built == reference
     assert built.token_count == _count(built.text) <= budget
+
+
+_EDGE_PIECES = ["word", " ", "  ", "\n", "\n\n", "\t", "'s", "12", "东京", ">>", "<|", "|>", "<|fim_prefix|>", "endoftext"]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_counts_from_one_call_equal_each_text_encoded_alone(seed: int) -> None:
+    """Texts that begin or end in whitespace (the pre-tokenizer looks ahead past it), hold other special tokens'
+    text, or nothing at all; one seed in four puts the separator itself inside a text."""
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice(_EDGE_PIECES) for _ in range(rng.randint(0, 40))) for _ in range(rng.randint(1, 12))]
+    if seed % 4 == 0:
+        texts[rng.randrange(len(texts))] += "<|endoftext|>"
+    assert token_counts(ENCODING, texts) == [_count(text) for text in texts]
