@@ -94,7 +94,7 @@ def test_counting_each_block_once_chooses_exactly_what_counting_whole_prompts_ch
     assert built.token_count == _count(built.text) <= budget
 
 
-_EDGE_PIECES = ["word", " ", "  ", "\n", "\n\n", "\t", "'s", "12", "东京", ">>", "<|", "|>", "<|fim_prefix|>", "endoftext"]
+_EDGE_PIECES = ["word", " ", "\n", "\n\n", "\t", "'s", "12", "东京", ">>", "<|", "|>", "<|fim_prefix|>", "endoftext"]
 
 
 @pytest.mark.parametrize("seed", range(200))
