@@ -3,24 +3,25 @@
 Both ingestion (chunks) and retrieval (queries) embed with the same model and normalisation, so the
 vectors are comparable by cosine similarity.
 
-Concurrent callers share model calls: while the model encodes one batch, the requests that arrive wait,
-and the next batch takes all of them at once (up to `max_batch_texts`). A caller alone is encoded at once,
+Concurrent callers share model calls (core/coalesce.py): while the model encodes one batch, the requests that
+arrive wait, and the next batch takes all of them at once (up to `max_batch_texts`). A caller alone is encoded at once,
 with no waiting window; under load, queries from many clients and chunks from many documents are embedded
 together, which is what makes a CPU model fast (one query alone: ~7 ms; in a batch of 32: ~2 ms each).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 
 from core.assets import default_model_cache_dir, embedding_model_dir
+from core.coalesce import Coalescer
 
 # all-MiniLM-L6-v2 reads at most 256 word pieces; longer input is truncated by the model.
 MODEL_MAX_WORD_PIECES = 256
@@ -80,14 +81,6 @@ class TorchEncoder:
         return len(self._model.tokenizer.tokenize(text))
 
 
-@dataclass
-class _Request:
-    texts: list[str]
-    done: bool = False
-    vectors: np.ndarray | None = None
-    error: BaseException | None = None
-
-
 def cuda_present() -> bool:
     """Whether a CUDA device can run the model. Without an NVIDIA device node this answers without importing
     torch, which costs seconds of start-up."""
@@ -133,10 +126,7 @@ class Embedder:
         self.model_cache_dir = model_cache_dir or default_model_cache_dir()
         self._model: EncoderModel | None = None
         self._load_lock = threading.Lock()
-        self._queue_lock = threading.Condition()
-        self._pending: list[_Request] = []
-        self._encoding = False
-        self.model_calls = 0  # how many batches the model ran (to see the coalescing work)
+        self._calls: Coalescer[list[str], np.ndarray] = Coalescer(self._encode_batch, self.max_batch_texts, len)
 
     def warm_up(self) -> None:
         self._get_model()
@@ -169,53 +159,20 @@ class Embedder:
         """How many word pieces the model's own tokenizer makes of `text` (to check chunk sizing)."""
         return self._get_model().token_count(text)
 
+    @property
+    def model_calls(self) -> int:
+        """How many batches the model ran (to see the coalescing work)."""
+        return self._calls.runs
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed `texts`; returns an array of shape (len(texts), dimension)."""
         model = self._get_model()
         if not texts:
             return np.zeros((0, model.dimension), dtype=np.float32)
-        request = _Request(list(texts))
-        with self._queue_lock:
-            self._pending.append(request)
-            while not request.done:
-                if self._encoding:
-                    self._queue_lock.wait()
-                    continue
-                batch = self._take_batch()
-                self._encoding = True
-                self._queue_lock.release()
-                try:
-                    self._run(model, batch)
-                finally:
-                    self._queue_lock.acquire()
-                    self._encoding = False
-                    self._queue_lock.notify_all()
-        if request.error is not None:
-            raise request.error
-        assert request.vectors is not None
-        return request.vectors
+        return self._calls.submit(list(texts))
 
-    def _take_batch(self) -> list[_Request]:
-        """The oldest pending requests, whole, up to max_batch_texts texts (at least one request)."""
-        batch: list[_Request] = []
-        total = 0
-        while self._pending and (not batch or total + len(self._pending[0].texts) <= self.max_batch_texts):
-            request = self._pending.pop(0)
-            batch.append(request)
-            total += len(request.texts)
-        return batch
-
-    def _run(self, model: EncoderModel, batch: list[_Request]) -> None:
-        texts = [text for request in batch for text in request.texts]
-        try:
-            vectors = model.encode(texts, self.batch_size)
-            self.model_calls += 1
-        except BaseException as exc:  # every waiting caller gets the error, none hangs
-            for request in batch:
-                request.error, request.done = exc, True
-            return
-        start = 0
-        for request in batch:
-            request.vectors = vectors[start : start + len(request.texts)]
-            request.done = True
-            start += len(request.texts)
+    def _encode_batch(self, requests: list[list[str]]) -> list[np.ndarray]:
+        """One model call for every waiting caller's texts; each caller's rows, in its order."""
+        vectors = self._get_model().encode([text for texts in requests for text in texts], self.batch_size)
+        bounds = np.cumsum([0, *(len(texts) for texts in requests)])
+        return [vectors[start:stop] for start, stop in itertools.pairwise(bounds)]
