@@ -250,6 +250,22 @@ def test_concurrent_writers_all_land(database: Database) -> None:
     records = audit.search("acme", limit=1000)
     assert len(records) == 16 * 25
     assert {(r.subject, r.outcome) for r in records} == {(f"user:u{n}", str(s)) for n in range(16) for s in range(25)}
+    assert audit._writes.runs < 16 * 25, "every record had a transaction of its own: no group commit"
+
+
+def test_a_record_that_cannot_be_written_fails_only_its_own_caller(database: Database) -> None:
+    """A batch whose transaction fails is written record by record: the good records land, the bad one's
+    caller gets the error. Called on one batch directly, since which records share a batch depends on timing."""
+    audit = AuditLog(database)
+    good = {"at": utcnow(), "tenant": "acme", "subject": "user:alice", "action": "query", "target": None}
+    bad = {**good, "subject": "user:mallory", "outcome": "ok", "detail": {"x": object()}}  # not JSON
+    outcomes = audit._insert([{**good, "outcome": "1", "detail": {}}, bad, {**good, "outcome": "2", "detail": {}}])
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], Exception) and "JSON serializable" in str(outcomes[1])
+    assert sorted(r.outcome for r in audit.search("acme")) == ["1", "2"]
+    with pytest.raises(Exception, match="JSON serializable"):  # through write(), alone: its caller gets the error
+        audit.write(tenant="acme", subject="user:mallory", action=AuditAction.QUERY, outcome="x", detail=bad["detail"])
+    assert len(audit.search("acme")) == 2
 
 
 def test_a_sqlite_writer_that_waits_too_long_is_told_unavailable(
