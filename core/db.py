@@ -69,7 +69,9 @@ class Database:
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             connect_args = {"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_S}
-        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        # A pooled connection to a server can be dropped while idle, so it is pinged before use; a SQLite file's cannot.
+        pre_ping = not url.startswith("sqlite")
+        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=pre_ping)
         # SQLite: this process's transactions queue on a lock before BEGIN IMMEDIATE. Otherwise each thread that
         # finds the write lock taken sleeps in SQLite's busy handler, in steps of up to 100 ms, however soon
         # the lock is free: under 16 concurrent queries (each writes its audit record) that made the tail.
