@@ -101,7 +101,7 @@ class ApiKeys:
 
     def list(self, tenant: str) -> list[ApiKeyRecord]:
         statement = select(ApiKeyRow).where(ApiKeyRow.tenant == tenant).order_by(ApiKeyRow.created_at.desc())
-        with self._db.session() as session:
+        with self._db.read() as session:
             return [_record(row) for row in session.scalars(statement)]
 
     def revoke(self, tenant: str, key_id: str) -> ApiKeyRecord:
@@ -121,7 +121,7 @@ class ApiKeys:
         if match is None:
             raise AuthError("malformed API key", reason="api_key")
         key_id, secret = match.groups()
-        with self._db.session() as session:
+        with self._db.read() as session:
             row = session.get(ApiKeyRow, key_id)
             if row is None or not hmac.compare_digest(row.secret_sha256, _digest(secret)):
                 raise AuthError("unknown API key", reason="api_key")

@@ -180,5 +180,5 @@ class AuditLog:
         if before_id is not None:
             statement = statement.where(AuditRow.id < before_id)
         statement = statement.order_by(AuditRow.id.desc()).limit(limit)
-        with self._db.session() as session:
+        with self._db.read() as session:
             return [_record(row) for row in session.scalars(statement)]

@@ -46,10 +46,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_READ_ONLY = "tessera_read_only"  # an execution option: the connection's transactions only read
+
+
 def _sqlite_begin(connection: Any) -> None:
     # IMMEDIATE: the write lock from the first statement, so each session() block is serialisable. In WAL
-    # mode this blocks other writers only (for busy_timeout); readers of the last commit go on.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # mode this blocks other writers only (for busy_timeout); readers of the last commit go on. A read()
+    # block takes no lock: a deferred BEGIN reads the last commit.
+    read_only = connection.get_execution_options().get(_READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 @contextmanager
@@ -82,6 +87,7 @@ class Database:
             event.listen(self.engine, "begin", _sqlite_begin)
             self._writer_lock = threading.Lock()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self.engine.execution_options(**{_READ_ONLY: True}))
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -97,6 +103,21 @@ class Database:
     def session(self) -> Iterator[Session]:
         with self.guard(), self._one_writer(), self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction that only reads. On SQLite it waits neither for this process's writer lock nor for
+        SQLite's: it sees the last commit while a writer works (WAL). Measured during ingestion, threads waiting
+        for the writer lock were a tenth of all samples, and a third of a document's transactions only read.
+        It is rolled back, so nothing written in it persists, and an ORM change left in it is an error. Build
+        what is returned inside the block: the rows expire with the rollback."""
+        with self.guard(), self._read_sessions() as session:
+            try:
+                yield session
+                if session.new or session.dirty or session.deleted:
+                    raise RuntimeError("a read transaction was given changes to write: use session()")
+            finally:
+                session.rollback()
 
     def _one_writer(self) -> AbstractContextManager[object]:
         if self._writer_lock is None:

@@ -159,7 +159,7 @@ class Registry:
             return _record(row)
 
     def get(self, document_id: str) -> DocumentRecord:
-        with self._db.session() as session:
+        with self._db.read() as session:
             return _record(self._row(session, document_id))
 
     def list_visible(
@@ -181,7 +181,7 @@ class Registry:
                 )
             )
         statement = statement.order_by(DocumentRow.created_at.desc(), DocumentRow.id.desc()).limit(limit + 1)
-        with self._db.session() as session:
+        with self._db.read() as session:
             records = [_record(row) for row in session.scalars(statement)]
         page = records[:limit]
         return page, (encode_cursor(page[-1]) if len(records) > limit else None)
@@ -197,7 +197,7 @@ class Registry:
             )
             .order_by(DocumentRow.created_at)
         )
-        with self._db.session() as session:
+        with self._db.read() as session:
             return [_record(row) for row in session.scalars(statement)]
 
     def records(self, tenant: str | None = None) -> list[DocumentRecord]:
@@ -205,19 +205,19 @@ class Registry:
         statement = select(DocumentRow).order_by(DocumentRow.created_at)
         if tenant is not None:
             statement = statement.where(DocumentRow.tenant == tenant)
-        with self._db.session() as session:
+        with self._db.read() as session:
             return [_record(row) for row in session.scalars(statement)]
 
     def check(self) -> None:
         """Raise Unavailable unless the database answers and holds the documents table (for /readyz): one row
         read, not the count of every document a readiness probe would otherwise pay for."""
-        with self._db.session() as session:
+        with self._db.read() as session:
             session.execute(select(DocumentRow.id).limit(1))
 
     def count_by_status(self) -> dict[str, int]:
         """How many documents are in each status, over every tenant (for the metrics)."""
         statement = select(DocumentRow.status, func.count()).group_by(DocumentRow.status)
-        with self._db.session() as session:
+        with self._db.read() as session:
             return {status: count for status, count in session.execute(statement).tuples()}
 
     def unfinished(self) -> list[str]:
@@ -227,7 +227,7 @@ class Registry:
             .where(DocumentRow.status.in_([DocumentStatus.QUEUED.value, DocumentStatus.PROCESSING.value]))
             .order_by(DocumentRow.created_at)
         )
-        with self._db.session() as session:
+        with self._db.read() as session:
             return list(session.scalars(statement))
 
     def start_attempt(self, document_id: str) -> tuple[DocumentRecord, int]:

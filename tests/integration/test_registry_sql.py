@@ -16,14 +16,14 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 
 import core.db
 from api.app import create_app
 from api.cli import main
 from core.access import Principal, user_token
 from core.apikeys import ApiKeys
-from core.audit import AuditAction, AuditLog
+from core.audit import AuditAction, AuditLog, AuditRow
 from core.db import Base, Database, utcnow
 from core.errors import AuthError, NotFound, Unavailable
 from core.records import DocumentRecord, DocumentStatus, IngestStage
@@ -294,6 +294,52 @@ def test_a_sqlite_writer_that_waits_too_long_is_told_unavailable(
     audit.write(tenant="acme", subject="user:alice", action=AuditAction.QUERY, outcome="ok")  # free again
     assert [r.outcome for r in audit.search("acme")] == ["ok"]
     database.close()
+
+
+def test_reads_do_not_wait_for_a_writer_and_see_the_last_commit(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another thread holds a write transaction, reads answer at once (a read that queued for the writer
+    lock would be told "busy" after the shortened timeout), with what was committed before it."""
+    monkeypatch.setattr(core.db, "_SQLITE_BUSY_TIMEOUT_S", 0.2)
+    registry, audit = Registry(database), AuditLog(database)
+    committed = _add(registry, "d" * 32)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with database.session() as session:
+            session.add(
+                AuditRow(at=utcnow(), tenant="acme", subject="user:w", action="query", outcome="held", detail={})
+            )
+            session.flush()
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        assert registry.get(committed.id).id == committed.id
+        assert [r.id for r in registry.records("acme")] == [committed.id]
+        assert audit.search("acme") == []  # the writer's record is not committed yet
+    finally:
+        release.set()
+        holder.join()
+    assert [r.outcome for r in audit.search("acme")] == ["held"]
+
+
+def test_a_read_transaction_never_writes(database: Database) -> None:
+    audit = AuditLog(database)
+    row = AuditRow(at=utcnow(), tenant="acme", subject="user:x", action="query", outcome="orm", detail={})
+    with pytest.raises(RuntimeError, match="use session"), database.read() as session:
+        session.add(row)
+    with database.read() as session:  # a statement that writes runs, and is rolled back
+        session.execute(
+            insert(AuditRow).values(
+                **{c: getattr(row, c) for c in ("at", "tenant", "subject", "action")}, outcome="sql", detail={}
+            )
+        )
+    assert audit.search("acme") == []
 
 
 def test_api_keys_and_the_audit_log(database: Database) -> None:
