@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -258,14 +260,38 @@ def test_a_record_that_cannot_be_written_fails_only_its_own_caller(database: Dat
     caller gets the error. Called on one batch directly, since which records share a batch depends on timing."""
     audit = AuditLog(database)
     good = {"at": utcnow(), "tenant": "acme", "subject": "user:alice", "action": "query", "target": None}
-    bad = {**good, "subject": "user:mallory", "outcome": "ok", "detail": {"x": object()}}  # not JSON
+    unserializable: dict[str, Any] = {"x": object()}  # not JSON
+    bad = {**good, "subject": "user:mallory", "outcome": "ok", "detail": unserializable}
     outcomes = audit._insert([{**good, "outcome": "1", "detail": {}}, bad, {**good, "outcome": "2", "detail": {}}])
     assert outcomes[0] is None and outcomes[2] is None
     assert isinstance(outcomes[1], Exception) and "JSON serializable" in str(outcomes[1])
     assert sorted(r.outcome for r in audit.search("acme")) == ["1", "2"]
     with pytest.raises(Exception, match="JSON serializable"):  # through write(), alone: its caller gets the error
-        audit.write(tenant="acme", subject="user:mallory", action=AuditAction.QUERY, outcome="x", detail=bad["detail"])
+        audit.write(tenant="acme", subject="user:mallory", action=AuditAction.QUERY, outcome="x", detail=unserializable)
     assert len(audit.search("acme")) == 2
+
+
+@contextmanager
+def _write_transaction_held(database: Database, *rows: Base) -> Iterator[None]:
+    """While the block runs, another thread holds a write transaction open (with `rows` written in it, not yet
+    committed); it commits when the block ends."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with database.session() as session:
+            session.add_all(rows)
+            session.flush()
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 
 def test_a_sqlite_writer_that_waits_too_long_is_told_unavailable(
@@ -275,22 +301,8 @@ def test_a_sqlite_writer_that_waits_too_long_is_told_unavailable(
     migrate(database)
     monkeypatch.setattr(core.db, "_SQLITE_BUSY_TIMEOUT_S", 0.2)
     audit = AuditLog(database)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with database.session():
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert holding.wait(10)
-        with pytest.raises(Unavailable, match="busy"):
-            audit.write(tenant="acme", subject="user:alice", action=AuditAction.QUERY, outcome="ok")
-    finally:
-        release.set()
-        holder.join()
+    with _write_transaction_held(database), pytest.raises(Unavailable, match="busy"):
+        audit.write(tenant="acme", subject="user:alice", action=AuditAction.QUERY, outcome="ok")
     audit.write(tenant="acme", subject="user:alice", action=AuditAction.QUERY, outcome="ok")  # free again
     assert [r.outcome for r in audit.search("acme")] == ["ok"]
     database.close()
@@ -304,27 +316,11 @@ def test_reads_do_not_wait_for_a_writer_and_see_the_last_commit(
     monkeypatch.setattr(core.db, "_SQLITE_BUSY_TIMEOUT_S", 0.2)
     registry, audit = Registry(database), AuditLog(database)
     committed = _add(registry, "d" * 32)
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with database.session() as session:
-            session.add(
-                AuditRow(at=utcnow(), tenant="acme", subject="user:w", action="query", outcome="held", detail={})
-            )
-            session.flush()
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    held = AuditRow(at=utcnow(), tenant="acme", subject="user:w", action="query", outcome="held", detail={})
+    with _write_transaction_held(database, held):
         assert registry.get(committed.id).id == committed.id
         assert [r.id for r in registry.records("acme")] == [committed.id]
         assert audit.search("acme") == []  # the writer's record is not committed yet
-    finally:
-        release.set()
-        holder.join()
     assert [r.outcome for r in audit.search("acme")] == ["held"]
 
 
