@@ -107,10 +107,11 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A transaction that only reads. On SQLite it waits neither for this process's writer lock nor for
-        SQLite's: it sees the last commit while a writer works (WAL). Measured during ingestion, threads waiting
-        for the writer lock were a tenth of all samples, and a third of a document's transactions only read.
-        It is rolled back, so nothing written in it persists, and an ORM change left in it is an error. Build
-        what is returned inside the block: the rows expire with the rollback."""
+        SQLite's: it sees the last commit while a writer works (WAL), so an API-key lookup or a listing does not
+        queue behind writes (during ingestion, threads waiting for the writer lock were a tenth of py-spy's
+        samples; ingestion's own rate did not change measurably). It is rolled back, so nothing written in it
+        persists, and an ORM change left in it is an error. Build what is returned inside the block: the rows
+        expire with the rollback."""
         with self.guard(), self._read_sessions() as session:
             try:
                 yield session
