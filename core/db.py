@@ -71,18 +71,16 @@ class Database:
     """One engine per process; each `session()` block is one transaction."""
 
     def __init__(self, url: str) -> None:
-        connect_args: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            connect_args = {"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_S}
+        sqlite = url.startswith("sqlite")
+        connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_S} if sqlite else {}
         # A pooled connection to a server can be dropped while idle, so it is pinged before use; a SQLite file's cannot.
-        pre_ping = not url.startswith("sqlite")
-        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=pre_ping)
+        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=not sqlite)
         # SQLite: this process's transactions queue on a lock before BEGIN IMMEDIATE. Otherwise each thread that
         # finds the write lock taken sleeps in SQLite's busy handler, in steps of up to 100 ms, however soon
         # the lock is free: under 16 concurrent queries (each writes its audit record) that made the tail.
         # Other processes still wait through busy_timeout.
         self._writer_lock: threading.Lock | None = None
-        if url.startswith("sqlite"):
+        if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
             self._writer_lock = threading.Lock()

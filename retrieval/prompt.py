@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import tiktoken
 
@@ -71,12 +72,17 @@ _JOIN_SLACK_TOKENS = 2
 _SEPARATOR = "<|endoftext|>"
 
 
+def token_count(encoding: tiktoken.Encoding, text: str) -> int:
+    """The text's tokens; special tokens' text counts as ordinary text, as it reads in the prompt."""
+    return len(encoding.encode(text, disallowed_special=()))
+
+
 def token_counts(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]:
     """How many tokens each text has when encoded alone, from one call into tiktoken: each call releases the GIL
     and, with the API's threads busy, can wait milliseconds to get it back. A text holding the separator itself
     is counted the slow way (every text alone), since the separator inside it would split it."""
     if any(_SEPARATOR in text for text in texts):
-        return [len(encoding.encode(text, disallowed_special=())) for text in texts]
+        return [token_count(encoding, text) for text in texts]
     tokens = encoding.encode(_SEPARATOR.join(texts), allowed_special={_SEPARATOR}, disallowed_special=())
     counts = [0]
     for token in tokens:
@@ -88,9 +94,7 @@ def token_counts(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]
 
 
 def build_prompt(question: str, hits: Sequence[SearchHit], max_tokens: int, encoding: tiktoken.Encoding) -> BuiltPrompt:
-    def count(text: str) -> int:
-        return len(encoding.encode(text, disallowed_special=()))
-
+    count = partial(token_count, encoding)
     fence = _fence(question, hits)
     # Every part is counted in one call, each block as numbered when every block before it fits; the whole prompt
     # only when the sum of the parts is too close to the budget to decide, and once at the end.
@@ -122,10 +126,10 @@ def build_prompt(question: str, hits: Sequence[SearchHit], max_tokens: int, enco
         citations[position] = len(blocks)
         parts_tokens += candidate_tokens
     text = _assemble(blocks, question)
-    token_count = count(text)
-    if token_count > max_tokens:  # the slack was too small for this text: decide every block on exact counts
+    prompt_tokens = count(text)
+    if prompt_tokens > max_tokens:  # the slack was too small for this text: decide every block on exact counts
         return _build_counting_whole_prompts(question, hits, max_tokens, fence, count)
-    return BuiltPrompt(text=text, token_count=token_count, citations=citations)
+    return BuiltPrompt(text=text, token_count=prompt_tokens, citations=citations)
 
 
 def _build_counting_whole_prompts(
