@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, and_, exists, func, or_, select
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from sqlalchemy.types import DateTime
 
@@ -23,6 +24,16 @@ from core.errors import InputError, NotFound
 from core.records import DocumentRecord, DocumentStatus, IngestStage, is_document_id
 
 MAX_REASON_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """An ingestion attempt as started: the document as marked processing, this attempt's number, and the stage
+    where the previous attempt stopped (None when none had begun a stage)."""
+
+    record: DocumentRecord
+    number: int
+    stopped_at: IngestStage | None
 
 
 class DocumentRow(Base):
@@ -230,39 +241,51 @@ class Registry:
         with self._db.read() as session:
             return list(session.scalars(statement))
 
-    def start_attempt(self, document_id: str) -> tuple[DocumentRecord, int]:
-        """Mark the document processing and count the attempt; a final or deleted document is left as is."""
+    def start_attempt(self, document_id: str) -> Attempt:
+        """Mark the document processing, at the parsing stage, and count the attempt; a final or deleted
+        document is left as is. The attempt says where the previous attempt stopped."""
         with self._db.session() as session:
             row = self._row(session, document_id)
+            stopped_at = IngestStage(row.stage) if row.stage else None
             if DocumentStatus(row.status).is_final:
-                return _record(row), row.attempts
+                return Attempt(_record(row), row.attempts, stopped_at)
             row.attempts += 1
             row.status = DocumentStatus.PROCESSING.value
-            row.stage = None
+            row.stage = IngestStage.PARSING.value
             row.progress_done = row.progress_total = 0
             row.updated_at = utcnow()
-            return _record(row), row.attempts
+            return Attempt(_record(row), row.attempts, stopped_at)
 
     def set_stage(self, document_id: str, stage: IngestStage, done: int = 0, total: int = 0) -> None:
-        with self._db.session() as session:
-            row = self._row(session, document_id)
-            if row.status == DocumentStatus.PROCESSING.value:
-                row.stage, row.progress_done, row.progress_total = stage.value, done, total
-                row.updated_at = utcnow()
+        """Record a processing document's stage and progress (one UPDATE: the pipeline writes it a few times per
+        document); NotFound when the document is not in the registry."""
+        changes = {"stage": stage.value, "progress_done": done, "progress_total": total, "updated_at": utcnow()}
+        self._update_processing(document_id, changes)
 
     def mark_ready(self, document_id: str, version: int, chunk_count: int) -> bool:
         """Make `version` live; False (and nothing changed) when the document was deleted or replaced."""
+        changes = {
+            "status": DocumentStatus.READY.value,
+            "live_version": version,
+            "chunk_count": chunk_count,
+            "stage": None,
+            "failure_reason": None,
+            "updated_at": utcnow(),
+        }
+        return self._update_processing(document_id, changes, version=version)
+
+    def _update_processing(self, document_id: str, changes: Mapping[str, object], version: int | None = None) -> bool:
+        """Apply `changes` to the document if it is processing (and at `version`, if given): True if it was."""
+        conditions = [DocumentRow.id == document_id, DocumentRow.status == DocumentStatus.PROCESSING.value]
+        if version is not None:
+            conditions.append(DocumentRow.version == version)
         with self._db.session() as session:
-            row = self._row(session, document_id)
-            if row.status != DocumentStatus.PROCESSING.value or row.version != version:
-                return False
-            row.status = DocumentStatus.READY.value
-            row.live_version = version
-            row.chunk_count = chunk_count
-            row.stage = None
-            row.failure_reason = None
-            row.updated_at = utcnow()
-            return True
+            result = session.execute(update(DocumentRow).where(*conditions).values(changes))
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                return True
+            if session.scalar(select(DocumentRow.id).where(DocumentRow.id == document_id)) is None:
+                raise NotFound(f"document {document_id} not found")
+            return False
 
     def mark_failed(self, document_id: str, reason: str) -> None:
         with self._db.session() as session:

@@ -48,17 +48,19 @@ class Chunker:
         return len(self._encoding.encode(text, disallowed_special=()))
 
     def chunk(self, elements: Sequence[Element]) -> list[Chunk]:
-        pieces: list[tuple[str, int | None, str | None]] = []
+        pieces: list[tuple[str, int, int | None, str | None]] = []  # text, its token count, page, section
         for block in self._packed(self._blocks(elements)):
             text = block.text
-            if self.count(text) <= self.chunk_tokens:
-                pieces.append((text, block.page, block.section))
+            tokens = self.count(text)
+            if tokens <= self.chunk_tokens:
+                pieces.append((text, tokens, block.page, block.section))
             else:
-                pieces.extend((part, block.page, block.section) for part in self._splitter.split_text(text))
+                parts = self._splitter.split_text(text)
+                pieces.extend((part, self.count(part), block.page, block.section) for part in parts)
         kept = [piece for piece in pieces if piece[0].strip()]
         return [
-            Chunk(index=i, text=text, page=page, section=section, token_count=self.count(text))
-            for i, (text, page, section) in enumerate(kept)
+            Chunk(index=i, text=text, page=page, section=section, token_count=tokens)
+            for i, (text, tokens, page, section) in enumerate(kept)
         ]
 
     @staticmethod

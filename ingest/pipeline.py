@@ -84,22 +84,23 @@ class IngestPipeline:
         """
         started = time.perf_counter()
         try:
-            record, attempt = self.registry.start_attempt(document_id)
+            attempt = self.registry.start_attempt(document_id)
         except NotFound:
             log.warning("ingest: document %s is not in the registry; dropping the task", document_id)
             return IngestOutcome(document_id, DocumentStatus.FAILED, 0, 0.0, "not in the registry")
+        record = attempt.record
         if record.status.is_final:
             return IngestOutcome(document_id, record.status, record.chunk_count, 0.0, record.failure_reason)
-        if attempt - record.attempts_at_queue > self.max_attempts:
+        if attempt.number - record.attempts_at_queue > self.max_attempts:
             # Only a task delivered again after its worker died gets here (errors count through the task's
             # retries): a document that kills its worker every time must not stop the queue forever.
             reason = (
                 f"gave up after {self.max_attempts} attempts: the worker stopped each time while ingesting it "
-                f"(last stage: {record.stage.value if record.stage else 'none'})"
+                f"(last stage: {attempt.stopped_at.value if attempt.stopped_at else 'none'})"
             )
             self.fail(document_id, reason)
             return IngestOutcome(document_id, DocumentStatus.FAILED, 0, 0.0, reason)
-        log.info("ingest: %s v%d (%s) attempt %d", document_id, record.version, record.file_name, attempt)
+        log.info("ingest: %s v%d (%s) attempt %d", document_id, record.version, record.file_name, attempt.number)
         stages: dict[str, float] = {}
         try:
             count = self._ingest(record, stages)
@@ -164,7 +165,7 @@ class IngestPipeline:
             self.index.ensure_ready(self.embedder.dimension)
             self._index_ready = True
         document_id, version = record.id, record.version
-        self.registry.set_stage(document_id, IngestStage.PARSING)
+        # start_attempt marked the document at the parsing stage
         with timed(stages, "parse"):
             path = self.blobs.path_for(document_id, version)
             # Parse children are shared by one owner's documents only: \0 cannot occur in an identifier.
@@ -188,7 +189,8 @@ class IngestPipeline:
     def _write(self, record: DocumentRecord, chunks: Sequence[Chunk], vectors: Sequence[Sequence[float]]) -> int:
         """Write the version's chunks not live, re-read the registry, publish, mark ready."""
         document_id, version = record.id, record.version
-        written_acl = self.registry.get(document_id).acl_tokens
+        # The ACL as start_attempt read it: a change since then is found by the read after the upsert.
+        written_acl = record.acl_tokens
         points = [
             ChunkPoint(
                 tenant=record.tenant,

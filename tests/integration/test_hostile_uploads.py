@@ -275,6 +275,7 @@ def test_a_document_whose_worker_died_three_times_fails_at_the_fourth_delivery(t
         runtime.submit(document_id)  # the broker delivers the task a fourth time
         record = wait_final(served.client, ALICE, document_id)
         assert record["status"] == "failed" and "gave up after 3 attempts" in record["failure_reason"]
+        assert "(last stage: parsing)" in record["failure_reason"]  # where the third worker stopped
         runtime.registry.mark_queued(document_id)  # POST .../retry: the limit counts from here
         runtime.submit(document_id)
         assert wait_final(served.client, ALICE, document_id)["status"] == "ready"

@@ -138,10 +138,17 @@ def test_a_document_goes_through_its_lifecycle(database: Database) -> None:
     registry = Registry(database)
     doc = "a" * 32
     _add(registry, doc, acl=("group:eng",))
-    record, attempts = registry.start_attempt(doc)
-    assert record.status is DocumentStatus.PROCESSING and attempts == 1
+    attempt = registry.start_attempt(doc)
+    assert attempt.record.status is DocumentStatus.PROCESSING and attempt.number == 1
+    assert (attempt.record.stage, attempt.stopped_at) == (IngestStage.PARSING, None)
     registry.set_stage(doc, IngestStage.EMBEDDING, 3, 7)
     assert (registry.get(doc).stage, registry.get(doc).progress_done) == (IngestStage.EMBEDDING, 3)
+    again = registry.start_attempt(doc)  # the worker died while embedding
+    assert (again.number, again.stopped_at, again.record.stage) == (2, IngestStage.EMBEDDING, IngestStage.PARSING)
+    with pytest.raises(NotFound):
+        registry.set_stage("f" * 32, IngestStage.INDEXING)
+    with pytest.raises(NotFound):
+        registry.mark_ready("f" * 32, version=1, chunk_count=1)
     assert registry.mark_ready(doc, version=1, chunk_count=7)
     registry.new_version(doc, sha256="cd" * 32, size_bytes=3 * 2**31, file_type="text")
     replaced = registry.get(doc)
@@ -150,6 +157,10 @@ def test_a_document_goes_through_its_lifecycle(database: Database) -> None:
     registry.start_attempt(doc)
     assert not registry.mark_ready(doc, version=1, chunk_count=1), "a stale version must not go live"
     assert registry.mark_ready(doc, version=2, chunk_count=4)
+    registry.set_stage(doc, IngestStage.INDEXING, 1, 2)  # a ready document keeps no stage
+    ready = registry.get(doc)
+    assert (ready.status, ready.stage, ready.live_version, ready.chunk_count) == (DocumentStatus.READY, None, 2, 4)
+    assert not registry.mark_ready(doc, version=2, chunk_count=9), "only a processing document goes live"
     registry.mark_failed(doc, "x" * 5000)
     assert len(registry.get(doc).failure_reason or "") == 2000
     registry.mark_deleted(doc)
