@@ -32,7 +32,7 @@ from core.records import DocumentStatus
 from core.registry import Registry
 from core.schema import migrate
 from core.settings import Settings
-from ingest.chunk import Chunker
+from ingest.chunk import Chunker, warm_up_sentence_splitting
 from ingest.consistency import CheckReport, check
 from ingest.parse import IsolatedParser, parse_limits
 from ingest.pipeline import IngestPipeline
@@ -111,9 +111,11 @@ class Runtime:
             max_attempts=self.settings.task_max_attempts,
         )
 
-    def start_parse_server(self) -> None:
-        """The parse sandbox's fork server, loading the parser in the background while the model loads."""
+    def prepare_ingestion(self) -> None:
+        """In the background while the model loads: the parse sandbox's fork server loads the parser, and a
+        thread loads the chunker's sentence tokenizer (1.2 s, or the first long document's wait)."""
         start_server()
+        threading.Thread(target=warm_up_sentence_splitting, name="tessera-warm-chunker", daemon=True).start()
 
     def migrate_schema(self) -> None:
         """Bring the SQL schema to the newest revision, once per process."""
@@ -180,7 +182,7 @@ class Runtime:
         """Create the data directory, the registry schema and the collection; load the model."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.migrate_schema()
-        self.start_parse_server()
+        self.prepare_ingestion()
         self.index.ensure_ready(self.embedder.dimension)
         # Qdrant Edge builds its HNSW graph only when asked, and the build blocks the process: do it here,
         # before serving. Chunks written later are searched by a scan of their segment until the next start.

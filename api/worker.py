@@ -32,7 +32,7 @@ def run_worker(
     runtime = Runtime(settings)
     register_nightly(runtime)
     runtime.migrate_schema()
-    runtime.start_parse_server()
+    runtime.prepare_ingestion()
     if settings.worker_metrics_port is not None:
         # Task durations by stage and outcomes of this process; documents by status and the queue's depth.
         start_http_server(settings.worker_metrics_port, registry=runtime.metrics.registry)

@@ -17,7 +17,15 @@ from llama_index.core.node_parser import SentenceSplitter
 from core.records import Chunk, Element
 
 _TITLE = "Title"
+# Longer than any chunk: splitting it loads the sentence tokenizer (nltk's punkt, through llama-index).
+_WARM_UP_TEXT = "Tessera splits long blocks at sentence boundaries. " * 400
 _BLOCK_SEPARATOR = "\n"  # elements are paragraphs, or lines of hard-wrapped text
+
+
+def warm_up_sentence_splitting() -> None:
+    """Load the sentence tokenizer now: llama-index imports nltk on the first split, 1.2 s that the first document
+    with a block longer than a chunk would otherwise wait (and hold its thread for)."""
+    SentenceSplitter(chunk_size=200, chunk_overlap=0, tokenizer=str.split).split_text(_WARM_UP_TEXT)
 
 
 @dataclass

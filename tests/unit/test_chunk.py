@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from core.assets import load_encoding
@@ -65,3 +69,15 @@ def test_small_blocks_of_one_page_are_packed_together() -> None:
 def test_overlap_must_be_smaller_than_the_chunk() -> None:
     with pytest.raises(ValueError):
         Chunker(ENCODING, chunk_tokens=100, overlap_tokens=100)
+
+
+def test_the_warm_up_loads_the_sentence_tokenizer_the_first_split_needs() -> None:
+    # In a fresh interpreter: this one may have loaded it already.
+    script = (
+        "from llama_index.core.utils import globals_helper as g\n"
+        "from ingest.chunk import warm_up_sentence_splitting\n"
+        "assert g._punkt_tokenizer is None\n"
+        "warm_up_sentence_splitting()\n"
+        "assert g._punkt_tokenizer is not None\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
