@@ -8,7 +8,6 @@ condition by condition; anything the translation does not know is an error, neve
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -49,12 +48,6 @@ _DENSE_VECTOR = ""  # Edge's name for the default (unnamed) vector
 _ACORN_SHARE = (0.15, 0.40)
 _ACORN_EF = 64
 _WIDE_EF = 256
-# The share estimate picks search parameters only (never what a principal may read), so one a second old is
-# good enough. Under 16 clients at 100k chunks the estimate, 0.03 ms alone, held the GIL for about 0.5 ms a
-# query (py-spy --gil: a third of the search's samples); kept for a second: 188/182/191 against 170/188/165
-# queries/s, runs alternated.
-_SHARE_ESTIMATE_TTL_S = 1.0
-_SHARE_ESTIMATES_KEPT = 4096
 
 
 def _condition(condition: Any) -> edge.FieldCondition:
@@ -90,8 +83,6 @@ class EdgeIndex:
         self._lock = threading.RLock()  # publish's two steps run with no query between them
         self._shard: edge.EdgeShard | None = None
         self._bm25 = Bm25Encoder()
-        # (tenant, ACL tokens) -> (when estimated, the dense search parameters for that share)
-        self._params_by_acl: dict[tuple[str, tuple[str, ...]], tuple[float, edge.SearchParams | None]] = {}
         if path.exists() and any(path.iterdir()):
             self._shard = self._guard(lambda: edge.EdgeShard.load(str(path)))
 
@@ -184,21 +175,8 @@ class EdgeIndex:
         with self._lock:
             return bool(self._guard(self.shard.optimize))
 
-    def _dense_params(self, principal: Principal, selection: edge.Filter) -> edge.SearchParams | None:
-        """The principal's dense search parameters, estimated again once the last estimate is a second old."""
-        key = (principal.tenant, tuple(sorted(principal.acl_tokens())))
-        now = time.monotonic()
-        kept = self._params_by_acl.get(key)
-        if kept is not None and now - kept[0] < _SHARE_ESTIMATE_TTL_S:
-            return kept[1]
-        params: edge.SearchParams | None = self._guard(partial(self._params_for_share, selection))
-        if len(self._params_by_acl) >= _SHARE_ESTIMATES_KEPT:
-            self._params_by_acl.clear()
-        self._params_by_acl[key] = (now, params)
-        return params
-
-    def _params_for_share(self, selection: edge.Filter) -> edge.SearchParams | None:
-        """Search parameters for the share of the shard `selection` admits (the payload index's estimate)."""
+    def _dense_params(self, selection: edge.Filter) -> edge.SearchParams | None:
+        """Search parameters for the share of the shard `selection` admits (the payload index's estimate, ~10 us)."""
         total = self.shard.info().points_count
         if total == 0:
             return None
@@ -220,7 +198,7 @@ class EdgeIndex:
     ) -> list[SearchHit]:
         selection = to_edge_filter(acl_filter(principal))  # raises before the engine is asked anything
         with self._lock:
-            params = self._dense_params(principal, selection) if mode is not SearchMode.SPARSE else None
+            params = self._guard(partial(self._dense_params, selection)) if mode is not SearchMode.SPARSE else None
 
         def dense() -> edge.Query:
             return edge.Query.Nearest(list(vector))
