@@ -388,7 +388,10 @@ def _slow_document_outliving_the_visibility_timeout(
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
     }
-    document_id = register_document(runtime, (shared_docs / "norwich-city.txt").read_bytes(), "norwich-city.txt")
+    # Three copies of the longest text: one copy took 2.1 s once the sentence tokenizer was loaded at start,
+    # too little to outlive the timeout several times over.
+    content = (shared_docs / "norwich-city.txt").read_bytes() * 3
+    document_id = register_document(runtime, content, "norwich-city.txt")
     caplog.set_level(logging.INFO, logger="ingest.pipeline")
     broker = own_redis.client()
     worker = EmbeddedWorker(runtime.celery, concurrency=2)
