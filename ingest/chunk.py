@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import tiktoken
 from llama_index.core.node_parser import SentenceSplitter
 
 from core.records import Chunk, Element
+from core.tokens import token_count, tokens
 
 _TITLE = "Title"
 # Longer than any chunk: splitting it loads the sentence tokenizer (nltk's punkt, through llama-index).
@@ -48,12 +50,12 @@ class Chunker:
         self._splitter = SentenceSplitter(
             chunk_size=chunk_tokens,
             chunk_overlap=overlap_tokens,
-            tokenizer=encoding.encode,
+            tokenizer=partial(tokens, encoding),
             paragraph_separator=_BLOCK_SEPARATOR,
         )
 
     def count(self, text: str) -> int:
-        return len(self._encoding.encode(text, disallowed_special=()))
+        return token_count(self._encoding, text)
 
     def chunk(self, elements: Sequence[Element]) -> list[Chunk]:
         pieces: list[tuple[str, int, int | None, str | None]] = []  # text, its token count, page, section

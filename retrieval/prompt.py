@@ -18,6 +18,7 @@ import tiktoken
 
 from core.errors import InputError
 from core.records import SearchHit
+from core.tokens import token_count, token_counts
 
 INSTRUCTIONS = (
     "Answer the question using only the numbered context blocks below, and cite the blocks you use as [n]. "
@@ -65,32 +66,6 @@ def _assemble(blocks: Sequence[str], question: str) -> str:
 # pre-tokenizer keeps a run of punctuation with the newlines after it (">>\n\n"), so a join can merge or split a
 # token or two. Used only to skip exact counts that cannot change the outcome; the result is always counted whole.
 _JOIN_SLACK_TOKENS = 2
-
-
-# Separates texts counted in one encode call. tiktoken splits its input at an allowed special token before the
-# pre-tokenizer and BPE run, so no token spans it and each text's tokens are those it has alone.
-_SEPARATOR = "<|endoftext|>"
-
-
-def token_count(encoding: tiktoken.Encoding, text: str) -> int:
-    """The text's tokens; special tokens' text counts as ordinary text, as it reads in the prompt."""
-    return len(encoding.encode(text, disallowed_special=()))
-
-
-def token_counts(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]:
-    """How many tokens each text has when encoded alone, from one call into tiktoken: each call releases the GIL
-    and, with the API's threads busy, can wait milliseconds to get it back. A text holding the separator itself
-    is counted the slow way (every text alone), since the separator inside it would split it."""
-    if any(_SEPARATOR in text for text in texts):
-        return [token_count(encoding, text) for text in texts]
-    tokens = encoding.encode(_SEPARATOR.join(texts), allowed_special={_SEPARATOR}, disallowed_special=())
-    counts = [0]
-    for token in tokens:
-        if token == encoding.eot_token:
-            counts.append(0)
-        else:
-            counts[-1] += 1
-    return counts
 
 
 def build_prompt(question: str, hits: Sequence[SearchHit], max_tokens: int, encoding: tiktoken.Encoding) -> BuiltPrompt:

@@ -41,6 +41,16 @@ def test_chunks_respect_the_token_limit_and_are_numbered_from_zero() -> None:
     assert all(c.token_count == len(ENCODING.encode(c.text)) for c in chunks)
 
 
+def test_special_tokens_text_is_chunked_as_ordinary_text() -> None:
+    # A long block holding "<|endoftext|>": the splitter's tokenizer raised ValueError on it, which the pipeline
+    # retried as a transient error and then failed the document with.
+    long_paragraph = " ".join(f"{_sentence(i)} It mentions <|endoftext|> and <|fim_prefix|>." for i in range(60))
+    chunks = Chunker(ENCODING, chunk_tokens=120, overlap_tokens=15).chunk([Element(long_paragraph, "NarrativeText")])
+    assert len(chunks) > 3 and all("<|endoftext|>" in c.text for c in chunks)
+    assert all(0 < c.token_count <= 120 for c in chunks)
+    assert all(c.token_count == len(ENCODING.encode(c.text, disallowed_special=())) for c in chunks)
+
+
 def test_chunks_follow_sections_and_never_cross_a_page() -> None:
     chunks = Chunker(ENCODING, chunk_tokens=120, overlap_tokens=15).chunk(_elements())
     first = chunks[0]

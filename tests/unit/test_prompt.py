@@ -7,7 +7,8 @@ import pytest
 from core.assets import load_encoding
 from core.errors import InputError
 from core.records import SearchHit
-from retrieval.prompt import _build_counting_whole_prompts, _fence, build_prompt, token_counts
+from core.tokens import token_counts
+from retrieval.prompt import _build_counting_whole_prompts, _fence, build_prompt
 
 pytestmark = pytest.mark.unit
 
