@@ -68,7 +68,7 @@ class BlobStore:
                 int(path.name.rsplit(".v", 1)[1].removesuffix(".part")) for path in self.root.glob(f"{document_id}.v*")
             ]
         else:
-            versions = [version] if version is not None else list(range(1, older_than or 1))
+            versions = [*([version] if version is not None else []), *range(1, older_than or 1)]
         for stored in versions:
             final = self.path_for(document_id, stored)
             final.unlink(missing_ok=True)

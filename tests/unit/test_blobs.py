@@ -48,3 +48,9 @@ def test_removing_what_is_not_there_is_harmless(tmp_path: Path) -> None:
     store.delete(DOC, older_than=2)
     store.delete(DOC, older_than=2)
     assert _left(store) == {f"{DOC}.v2.part"} | _versions(DOC, 2, 3, 4) | _versions(OTHER, 1, 2, 3, 4)
+
+
+def test_one_version_and_the_older_ones_at_once(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.delete(DOC, 4, older_than=2)
+    assert _left(store) == {f"{DOC}.v2.part"} | _versions(DOC, 2, 3) | _versions(OTHER, 1, 2, 3, 4)
