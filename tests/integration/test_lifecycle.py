@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +17,9 @@ from tests.integration.conftest import serve
 pytestmark = pytest.mark.integration
 
 ALICE = auth("alice", groups=["eng"])
+BOB = auth("bob", groups=["eng"])
+CAROL = auth("carol", groups=["sales"])
+DAN = auth("dan")
 
 
 def _point_ids(runtime: Runtime, document_id: str) -> list[str]:
@@ -73,3 +78,45 @@ def test_documents_survive_a_restart_and_unfinished_ones_are_resumed(tmp_path: P
         resumed = wait_final(served.client, ALICE, blob_id)
         assert resumed["status"] == "ready"
         assert query(served.client, ALICE, "family day petting zoo", top_k=1)["results"][0]["document_id"] == blob_id
+
+
+def _changing_the_acl_while_parsing(runtime: Runtime, changes: dict[str, Sequence[str]]) -> Callable[..., Any]:
+    """The runtime's parse, which first gives the document being parsed the ACL `changes` holds for it."""
+    parse = runtime.pipeline.parser.parse
+
+    def parse_and_change_the_acl(path: Path, *args: Any, **kwargs: Any) -> Any:
+        document_id = path.name.split(".")[0]
+        runtime.registry.set_acl(document_id, changes[document_id])
+        return parse(path, *args, **kwargs)
+
+    return parse_and_change_the_acl
+
+
+def test_an_acl_change_while_the_document_is_ingested_reaches_its_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pipeline writes the chunks with the ACL it read when the attempt started and reads the registry again
+    # after the upsert: a change in between, made here while the document is parsed, must reach every chunk.
+    for served in serve(tmp_path):
+        runtime = served.runtime
+        text = "The heron survey counted {} nests along the estuary this spring."
+        narrowed = register_document(runtime, text.format("forty").encode(), "narrowed.txt")
+        widened = register_document(runtime, text.format("sixty").encode(), "widened.txt")
+        runtime.registry.set_acl(narrowed, ["user:alice", "group:eng"])  # what the attempt reads
+        changes = {narrowed: ["user:alice"], widened: ["user:alice", "group:sales", "user:dan"]}
+        with monkeypatch.context() as patch:
+            patch.setattr(runtime.pipeline.parser, "parse", _changing_the_acl_while_parsing(runtime, changes))
+            for document_id in (narrowed, widened):
+                assert runtime.pipeline.run(document_id).chunk_count > 0
+
+        readers = {  # headers, ACL tokens, which of the two documents the reader must get
+            "alice": (ALICE, {"user:alice", "group:eng"}, {narrowed, widened}),
+            "bob": (BOB, {"user:bob", "group:eng"}, set()),  # eng was taken away while the document was parsed
+            "carol": (CAROL, {"user:carol", "group:sales"}, {widened}),
+            "dan": (DAN, {"user:dan"}, {widened}),
+        }
+        for name, (headers, tokens, expected) in readers.items():
+            results = query(served.client, headers, "heron survey nests estuary", top_k=50)["results"]
+            assert {hit["document_id"] for hit in results} == expected, name
+            for hit in results:  # and every chunk returned is one the registry lets this reader see
+                assert tokens & set(runtime.registry.get(hit["document_id"]).acl_tokens), (name, hit)
