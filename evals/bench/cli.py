@@ -85,6 +85,12 @@ def add_bench_parser(subparsers: Any) -> None:
         if name in ("ingest", "all"):
             action.add_argument("--documents", type=int, default=None, help="the first N passages (default: all)")
             action.add_argument("--upload-concurrency", type=int, default=4, help="client threads uploading")
+            action.add_argument(
+                "--passages-per-document",
+                type=int,
+                default=1,
+                help="consecutive passages joined into one uploaded document (default 1: each passage its own)",
+            )
             action.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for ingestion")
             action.add_argument(
                 "--encode-min-s", type=float, default=10.0, help="encode-only: repeat passes for at least this long"
@@ -219,9 +225,13 @@ def _ingest_phase(session: _Session, args: argparse.Namespace, result: dict[str,
         raise ConfigError(f"the ingest benchmark needs a new or empty data directory: {session.data_dir} is not")
     session.data_dir.mkdir(parents=True, exist_ok=True)
     passages = list(load_beir(session.dataset).passages.values())[: args.documents]
-    documents = bench_documents(passages, [(group, ALL_GROUP) for group in GROUPS])
+    documents = bench_documents(
+        passages, [(group, ALL_GROUP) for group in GROUPS], passages_per_document=args.passages_per_document
+    )
     readers = ingest_readers()
-    _log(f"ingest: {len(documents)} documents from {session.dataset} into {session.data_dir}")
+    _log(
+        f"ingest: {len(passages)} passages as {len(documents)} documents from {session.dataset} into {session.data_dir}"
+    )
     with session.server(readers, "ingest") as server:
         _log(f"server up: cold start {server.cold_start_s:.2f}s; uploading")
         figures, order = run_ingest(

@@ -53,9 +53,10 @@ class IngestBenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class BenchDocument:
-    """One passage as uploaded: `<id>.txt` holding its title, a blank line and its text."""
+    """Passages as uploaded: `<first id>.txt` holding each passage's title, a blank line and its text, the passages
+    separated by blank lines."""
 
-    passage_id: str
+    passage_ids: tuple[str, ...]
     file_name: str
     content: bytes
     groups: tuple[str, ...]
@@ -73,17 +74,23 @@ def file_name_for(passage_id: str, taken: set[str]) -> str:
     return name
 
 
-def bench_documents(passages: Sequence[Passage], group_of: Sequence[Sequence[str]]) -> list[BenchDocument]:
-    """The passages as documents; passage i is shared with the groups `group_of[i % len(group_of)]`."""
+def bench_documents(
+    passages: Sequence[Passage], group_of: Sequence[Sequence[str]], passages_per_document: int = 1
+) -> list[BenchDocument]:
+    """The passages as documents of `passages_per_document` consecutive passages each (the last may hold fewer);
+    document i is shared with the groups `group_of[i % len(group_of)]`."""
+    if passages_per_document < 1:
+        raise ValueError("passages_per_document must be at least 1")
     taken: set[str] = set()
+    batches = [passages[i : i + passages_per_document] for i in range(0, len(passages), passages_per_document)]
     return [
         BenchDocument(
-            passage_id=p.id,
-            file_name=file_name_for(p.id, taken),
-            content=p.document_text.encode("utf-8"),
+            passage_ids=tuple(p.id for p in batch),
+            file_name=file_name_for(batch[0].id, taken),
+            content="\n\n".join(p.document_text for p in batch).encode("utf-8"),
             groups=tuple(group_of[i % len(group_of)]),
         )
-        for i, p in enumerate(passages)
+        for i, batch in enumerate(batches)
     ]
 
 
@@ -228,6 +235,7 @@ def run_ingest(
     doc_seconds = sorted(float(r["detail"].get("seconds", 0.0)) for r in ready)
     figures: dict[str, Any] = {
         "documents": len(documents),
+        "passages": sum(len(d.passage_ids) for d in documents),
         "accepted": len(uploads.accepted),
         "duplicates": uploads.duplicates,
         "refused": len(uploads.refused),

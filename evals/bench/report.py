@@ -67,9 +67,22 @@ def _ingest_tables(result: dict[str, Any]) -> list[str]:
     sections = [
         table(
             "Ingestion (upload of the first document to the last one final)",
-            ["documents", "ready", "failed", "refused", "chunks", "source MB", "wall s", "docs/s", "chunks/s", "MB/s"],
+            [
+                "passages",
+                "documents",
+                "ready",
+                "failed",
+                "refused",
+                "chunks",
+                "source MB",
+                "wall s",
+                "docs/s",
+                "chunks/s",
+                "MB/s",
+            ],
             [
                 [
+                    ingest.get("passages", ingest["documents"]),
                     ingest["documents"],
                     ingest["ready"],
                     ingest["failed"],

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from api.cli import main
+from evals.bench.ingest import bench_documents
 from evals.bench.query import summarize
+from evals.datasets import Passage
 from evals.bench.report import cell, format_report, table, write_json
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
@@ -24,6 +26,23 @@ STAGES = ("parse", "chunk", "embed", "index")
 
 
 # --- unit: percentile, summaries, formatting ------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_bench_documents_join_consecutive_passages_and_cycle_the_groups() -> None:
+    passages = [Passage(id=f"<dbpedia:P{i}>", title=f"Title {i}", text=f"text of passage {i}.") for i in range(7)]
+    groups = [("a", "all"), ("b", "all")]
+    one_each = bench_documents(passages, groups)
+    assert [d.passage_ids for d in one_each] == [(p.id,) for p in passages]
+    assert one_each[0].content == b"Title 0\n\ntext of passage 0."
+
+    documents = bench_documents(passages, groups, passages_per_document=3)
+    assert [d.passage_ids for d in documents] == [tuple(p.id for p in passages[i : i + 3]) for i in (0, 3, 6)]
+    assert [d.groups for d in documents] == [groups[0], groups[1], groups[0]]
+    assert documents[1].content.decode() == "\n\n".join(p.document_text for p in passages[3:6])
+    assert len({d.file_name for d in documents}) == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        bench_documents(passages, groups, passages_per_document=0)
 
 
 @pytest.mark.unit
