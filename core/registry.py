@@ -13,8 +13,24 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, and_, exists, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    Text,
+    Update,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 from sqlalchemy.types import DateTime
 
@@ -95,6 +111,18 @@ def _record(row: DocumentRow) -> DocumentRecord:
         created_at=as_utc(row.created_at),
         updated_at=as_utc(row.updated_at),
     )
+
+
+@lru_cache(maxsize=8)
+def _processing_update(columns: tuple[str, ...], at_version: bool) -> Update:
+    """UPDATE documents SET <columns> WHERE id = :document_id AND status = 'processing' [AND version =
+    :at_version], the new values bound as `new_<column>`. Built once per shape: the pipeline writes a few per
+    document, and an ORM update built per call cost 0.46 ms of Python (with the GIL) against 0.16 ms."""
+    table: Table = DocumentRow.__table__  # type: ignore[assignment]
+    conditions = [table.c.id == bindparam("document_id"), table.c.status == DocumentStatus.PROCESSING.value]
+    if at_version:
+        conditions.append(table.c.version == bindparam("at_version"))
+    return update(table).where(*conditions).values({column: bindparam(f"new_{column}") for column in columns})
 
 
 def _set_acl(row: DocumentRow, tokens: Sequence[str]) -> None:
@@ -276,11 +304,12 @@ class Registry:
 
     def _update_processing(self, document_id: str, changes: Mapping[str, object], version: int | None = None) -> bool:
         """Apply `changes` to the document if it is processing (and at `version`, if given): True if it was."""
-        conditions = [DocumentRow.id == document_id, DocumentRow.status == DocumentStatus.PROCESSING.value]
+        statement = _processing_update(tuple(changes), version is not None)
+        parameters = {"document_id": document_id, **{f"new_{column}": value for column, value in changes.items()}}
         if version is not None:
-            conditions.append(DocumentRow.version == version)
+            parameters["at_version"] = version
         with self._db.session() as session:
-            result = session.execute(update(DocumentRow).where(*conditions).values(changes))
+            result = session.execute(statement, parameters)
             if result.rowcount == 1:  # type: ignore[attr-defined]
                 return True
             if session.scalar(select(DocumentRow.id).where(DocumentRow.id == document_id)) is None:
