@@ -11,14 +11,16 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ForeignKey,
     Integer,
+    Row,
     String,
     Table,
     Text,
@@ -27,6 +29,7 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
+    insert,
     or_,
     select,
     update,
@@ -89,6 +92,11 @@ class AclRow(Base):
 
 
 def _record(row: DocumentRow) -> DocumentRecord:
+    return _record_of(row, [entry.token for entry in row.acl])
+
+
+def _record_of(row: DocumentRow | Row[Any], acl_tokens: Sequence[str]) -> DocumentRecord:
+    """The record from a mapped row or a row of the documents table (the same attribute names)."""
     return DocumentRecord(
         id=row.id,
         tenant=row.tenant,
@@ -103,7 +111,7 @@ def _record(row: DocumentRow) -> DocumentRecord:
         progress_total=row.progress_total,
         chunk_count=row.chunk_count,
         failure_reason=row.failure_reason,
-        acl_tokens=tuple(entry.token for entry in row.acl),
+        acl_tokens=tuple(acl_tokens),
         version=row.version,
         live_version=row.live_version,
         attempts=row.attempts,
@@ -113,16 +121,51 @@ def _record(row: DocumentRow) -> DocumentRecord:
     )
 
 
+_DOCUMENTS: Table = DocumentRow.__table__  # type: ignore[assignment]
+_ACL: Table = AclRow.__table__  # type: ignore[assignment]
+# One document with its ACL tokens in order: one row per token (one row, token NULL, when it has none). Built once;
+# loading it through the ORM (the row, then its ACL by a second SELECT) cost 0.54 ms of Python per call against
+# 0.14 ms, and the pipeline reads each document again after writing its chunks.
+_DOCUMENT_WITH_ACL = (
+    select(_DOCUMENTS, _ACL.c.token)
+    .select_from(_DOCUMENTS.outerjoin(_ACL, _ACL.c.document_id == _DOCUMENTS.c.id))
+    .where(_DOCUMENTS.c.id == bindparam("document_id"))
+    .order_by(_ACL.c.position)
+)
+
+
+_LOCKED_DOCUMENT_WITH_ACL = _DOCUMENT_WITH_ACL.with_for_update(of=_DOCUMENTS)  # the row lock on Postgres
+_START_ATTEMPT = (
+    update(_DOCUMENTS)
+    .where(_DOCUMENTS.c.id == bindparam("document_id"))
+    .values(
+        attempts=_DOCUMENTS.c.attempts + 1,
+        status=DocumentStatus.PROCESSING.value,
+        stage=IngestStage.PARSING.value,
+        progress_done=0,
+        progress_total=0,
+        updated_at=bindparam("now"),
+    )
+)
+_INSERT_DOCUMENT = insert(_DOCUMENTS)
+_INSERT_ACL = insert(_ACL)
+
+
+def _acl_rows(document_id: str, tokens: Sequence[str]) -> list[dict[str, object]]:
+    return [
+        {"document_id": document_id, "token": token, "position": i} for i, token in enumerate(dict.fromkeys(tokens))
+    ]
+
+
 @lru_cache(maxsize=8)
 def _processing_update(columns: tuple[str, ...], at_version: bool) -> Update:
     """UPDATE documents SET <columns> WHERE id = :document_id AND status = 'processing' [AND version =
     :at_version], the new values bound as `new_<column>`. Built once per shape: the pipeline writes a few per
     document, and an ORM update built per call cost 0.46 ms of Python (with the GIL) against 0.16 ms."""
-    table: Table = DocumentRow.__table__  # type: ignore[assignment]
-    conditions = [table.c.id == bindparam("document_id"), table.c.status == DocumentStatus.PROCESSING.value]
+    conditions = [_DOCUMENTS.c.id == bindparam("document_id"), _DOCUMENTS.c.status == DocumentStatus.PROCESSING.value]
     if at_version:
-        conditions.append(table.c.version == bindparam("at_version"))
-    return update(table).where(*conditions).values({column: bindparam(f"new_{column}") for column in columns})
+        conditions.append(_DOCUMENTS.c.version == bindparam("at_version"))
+    return update(_DOCUMENTS).where(*conditions).values({column: bindparam(f"new_{column}") for column in columns})
 
 
 def _set_acl(row: DocumentRow, tokens: Sequence[str]) -> None:
@@ -170,7 +213,7 @@ class Registry:
         acl_tokens: Sequence[str],
     ) -> DocumentRecord:
         now = utcnow()
-        row = DocumentRow(
+        record = DocumentRecord(
             id=document_id,
             tenant=tenant,
             owner=owner,
@@ -178,28 +221,34 @@ class Registry:
             file_type=file_type,
             sha256=sha256,
             size_bytes=size_bytes,
-            status=DocumentStatus.QUEUED.value,
+            status=DocumentStatus.QUEUED,
             stage=None,
             progress_done=0,
             progress_total=0,
             chunk_count=0,
             failure_reason=None,
-            attempts=0,
-            attempts_at_queue=0,
+            acl_tokens=tuple(dict.fromkeys(acl_tokens)),
             version=1,
             live_version=None,
+            attempts=0,
+            attempts_at_queue=0,
             created_at=now,
             updated_at=now,
         )
-        _set_acl(row, acl_tokens)
-        with self._db.session() as session:
-            session.add(row)
-            session.flush()
-            return _record(row)
+        values = {field.name: getattr(record, field.name) for field in fields(record) if field.name != "acl_tokens"}
+        values["status"], values["stage"] = record.status.value, None
+        with self._db.session() as session:  # prebuilt inserts: the ORM's unit of work cost 0.8 ms per upload
+            session.execute(_INSERT_DOCUMENT, values)
+            if record.acl_tokens:
+                session.execute(_INSERT_ACL, _acl_rows(document_id, record.acl_tokens))
+        return record
 
     def get(self, document_id: str) -> DocumentRecord:
         with self._db.read() as session:
-            return _record(self._row(session, document_id))
+            rows = session.execute(_DOCUMENT_WITH_ACL, {"document_id": document_id}).all()
+        if not rows:
+            raise NotFound(f"document {document_id} not found")
+        return _record_of(rows[0], [row.token for row in rows if row.token is not None])
 
     def list_visible(
         self, principal: Principal, *, status: DocumentStatus | None, limit: int, cursor: str | None
@@ -273,16 +322,24 @@ class Registry:
         """Mark the document processing, at the parsing stage, and count the attempt; a final or deleted
         document is left as is. The attempt says where the previous attempt stopped."""
         with self._db.session() as session:
-            row = self._row(session, document_id)
-            stopped_at = IngestStage(row.stage) if row.stage else None
-            if DocumentStatus(row.status).is_final:
-                return Attempt(_record(row), row.attempts, stopped_at)
-            row.attempts += 1
-            row.status = DocumentStatus.PROCESSING.value
-            row.stage = IngestStage.PARSING.value
-            row.progress_done = row.progress_total = 0
-            row.updated_at = utcnow()
-            return Attempt(_record(row), row.attempts, stopped_at)
+            rows = session.execute(_LOCKED_DOCUMENT_WITH_ACL, {"document_id": document_id}).all()
+            if not rows:
+                raise NotFound(f"document {document_id} not found")
+            record = _record_of(rows[0], [row.token for row in rows if row.token is not None])
+            if record.status.is_final:
+                return Attempt(record, record.attempts, record.stage)
+            now = utcnow()
+            session.execute(_START_ATTEMPT, {"document_id": document_id, "now": now})
+        started = replace(
+            record,
+            attempts=record.attempts + 1,
+            status=DocumentStatus.PROCESSING,
+            stage=IngestStage.PARSING,
+            progress_done=0,
+            progress_total=0,
+            updated_at=now,
+        )
+        return Attempt(started, started.attempts, record.stage)
 
     def set_stage(self, document_id: str, stage: IngestStage, done: int = 0, total: int = 0) -> None:
         """Record a processing document's stage and progress (one UPDATE: the pipeline writes it a few times per

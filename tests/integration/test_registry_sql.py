@@ -170,6 +170,31 @@ def test_a_document_goes_through_its_lifecycle(database: Database) -> None:
         registry.new_version(doc, sha256="ef" * 32, size_bytes=1, file_type="text")
 
 
+def test_get_reads_back_the_record_as_written_with_its_acl_in_order(database: Database) -> None:
+    registry = Registry(database)
+    tokens = ("user:zoe", "group:sales", "group:eng", "user:alice")  # not in sorted order
+    written = registry.add(
+        document_id="b" * 32,
+        tenant="acme",
+        owner="zoe",
+        file_name="notes.txt",
+        file_type="text",
+        sha256="ab" * 32,
+        size_bytes=10,
+        acl_tokens=tokens,
+    )
+    assert written.acl_tokens == tokens
+    assert registry.get("b" * 32) == written
+    assert registry.set_acl("b" * 32, ["group:eng"]).acl_tokens == ("group:eng",)
+    assert registry.get("b" * 32).acl_tokens == ("group:eng",)
+    emptied = registry.set_acl("b" * 32, [])  # no token at all: a document nobody may read
+    assert emptied.acl_tokens == () and registry.get("b" * 32) == emptied
+    attempt = registry.start_attempt("b" * 32)
+    assert registry.get("b" * 32) == attempt.record
+    with pytest.raises(NotFound):
+        registry.get("c" * 32)
+
+
 def test_listing_returns_what_each_principal_may_read_and_pages_without_gaps(database: Database) -> None:
     registry = Registry(database)
     docs = {
