@@ -3,8 +3,8 @@ writes one record; a query's record holds the ids of the chunks returned (never 
 
 Writing the record is part of the request: if it cannot be written, the request fails (no unaudited answer).
 Concurrent writers share transactions (group commit, core/coalesce.py): each still returns only once its own
-record is committed. Measured here: 16 threads writing 1,600 records took 211 transactions, at 0.18 ms of CPU a
-record against 0.33 ms alone.
+record is committed. Measured here: 16 threads writing 1,600 records took 211 transactions; 16 threads writing
+3,200 records took 0.10 ms of CPU a record, against 0.20 ms for one thread alone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, select
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Table, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.access import Principal
@@ -83,6 +83,10 @@ def _with_request_id(detail: dict[str, Any]) -> dict[str, Any]:
     return {**detail, "request_id": request_id} if request_id and "request_id" not in detail else detail
 
 
+# One executemany of the table's INSERT: the ORM's unit of work cost more CPU per record (0.17 against 0.10 ms with
+# 16 writers, 0.31 against 0.20 alone), holding the GIL and the SQLite writer lock that every query's record waits for.
+_AUDIT_TABLE: Table = AuditRow.__table__  # type: ignore[assignment]
+_INSERT = insert(_AUDIT_TABLE)
 # The most records one transaction commits; under any load seen here, a batch is as large as the callers waiting.
 _MAX_BATCH_RECORDS = 256
 
@@ -122,7 +126,7 @@ class AuditLog:
         caller only."""
         try:
             with self._db.session() as session:
-                session.add_all([AuditRow(**record) for record in records])
+                session.execute(_INSERT, records)
             return [None] * len(records)
         except Unavailable:
             raise
@@ -133,7 +137,7 @@ class AuditLog:
         for record in records:
             try:
                 with self._db.session() as session:
-                    session.add(AuditRow(**record))
+                    session.execute(_INSERT, [record])
                 outcomes.append(None)
             except Exception as exc:  # this record's own error, raised in its caller
                 outcomes.append(exc)
