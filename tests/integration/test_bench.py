@@ -17,8 +17,8 @@ import pytest
 from api.cli import main
 from evals.bench.ingest import bench_documents
 from evals.bench.query import summarize
-from evals.datasets import Passage
 from evals.bench.report import cell, format_report, table, write_json
+from evals.datasets import Passage
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 DOCUMENTS = 30
