@@ -68,8 +68,11 @@ _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _ARCHIVE_TYPES = {FileType.DOCX, FileType.PPTX, FileType.XLSX, FileType.ODT, FileType.EPUB}
 _OOXML_TYPES = {FileType.DOCX, FileType.PPTX, FileType.XLSX}  # no DOCTYPE in any of their parts
 _PARTITIONERS = ("docx", "pptx", "xlsx", "odt", "epub", "rtf", "html", "md", "text", "csv", "tsv", "email", "pdf")
-# Paragraphs tagged in one spaCy batch ahead of unstructured's questions about them (see _tagged_ahead).
+# Paragraphs tagged in one spaCy batch ahead of unstructured's questions about them (see _TagAhead): at most this
+# many, and this many characters in all; a longer paragraph than unstructured caches is tagged alone.
 _TAG_AHEAD_WINDOW = 64
+_TAG_AHEAD_CHARS = 32_768
+_TAG_ALONE_ABOVE_CHARS = unstructured_tokenize.MAX_CACHEABLE_CHARS
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,11 @@ class _TagAhead:
     """unstructured classifies each paragraph (title, narrative text, ...) by sentence count and part-of-speech
     tags, one spaCy call per paragraph: 2.1 ms each, nearly all of a text file's parse time. spaCy tags a batch
     of short texts in under half that per text, with the same tags and sentence boundaries. Given the
-    paragraphs unstructured will ask about, in order, this answers each from a batch tagged when the first of a
-    window of them is asked for; any other text is tagged alone, as before, so a wrong guess costs only time."""
+    paragraphs unstructured will ask about, in order, this answers each from a window of them tagged in one
+    batch when the first is asked for, and keeps the window's answers until the next window (unstructured asks
+    up to three times about a text it does not cache). A window holds at most _TAG_AHEAD_WINDOW paragraphs and
+    _TAG_AHEAD_CHARS characters, so memory stays that of one window; a paragraph longer than unstructured
+    caches, or a text not foreseen, is tagged alone, as before: a wrong guess costs only time."""
 
     def __init__(self, paragraphs: Sequence[str], tag_alone: Callable[[str], spacy.tokens.Doc]) -> None:
         self._paragraphs = list(paragraphs)
@@ -103,20 +109,27 @@ class _TagAhead:
         self._window_start = 0
 
     def __call__(self, text: str) -> spacy.tokens.Doc:
-        doc = self._tagged.pop(text, None)
+        doc = self._tagged.get(text)
         if doc is not None:
             return doc
         positions = self._positions.get(text)
-        nlp = _spacy_pipeline()
-        if positions is None or len(text) > nlp.max_length:
+        if positions is None or len(text) > _TAG_ALONE_ABOVE_CHARS:
             return self._tag_alone(text)
         # a text met again (a repeated heading) starts the window at its next place, not at its first
         later = bisect.bisect_left(positions, self._window_start)
         self._window_start = positions[later] if later < len(positions) else positions[0]
-        window = dict.fromkeys(self._paragraphs[self._window_start : self._window_start + _TAG_AHEAD_WINDOW])
-        texts = [t for t in window if len(t) <= nlp.max_length]  # the window at most: a long file is not held
-        self._tagged = dict(zip(texts, nlp.pipe(texts, batch_size=_TAG_AHEAD_WINDOW), strict=True))
-        return self._tagged.pop(text)
+        window: dict[str, None] = {}
+        chars = 0
+        for paragraph in self._paragraphs[self._window_start : self._window_start + _TAG_AHEAD_WINDOW]:
+            if len(paragraph) > _TAG_ALONE_ABOVE_CHARS or paragraph in window:
+                continue
+            if window and chars + len(paragraph) > _TAG_AHEAD_CHARS:
+                break
+            window[paragraph] = None
+            chars += len(paragraph)
+        self._tagged = {}  # the last window's answers go before the next is tagged
+        self._tagged = dict(zip(window, _spacy_pipeline().pipe(list(window), batch_size=len(window)), strict=True))
+        return self._tagged[text]
 
 
 _tag_alone = unstructured_tokenize._run_pipeline
@@ -243,9 +256,9 @@ def parse(path: Path, file_type: FileType, file_name: str, limits: ParseLimits) 
         check_archive(path, limits.archive, forbid_doctype=file_type in _OOXML_TYPES)
     if file_type is FileType.PDF:
         _check_pdf(path, limits.pdf_max_pages)
-    encoding = _text_encoding(path, file_type)
-    paragraphs = _text_paragraphs(path, encoding) if file_type is FileType.TXT else []
     try:
+        encoding = _text_encoding(path, file_type)
+        paragraphs = _text_paragraphs(path, encoding) if file_type is FileType.TXT else []
         with _tagged_ahead(paragraphs):
             parts: list[UnstructuredElement] = partition(
                 filename=str(path),

@@ -49,6 +49,8 @@ class _CountingAlone:
 def alone(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CountingAlone]:
     counting = _CountingAlone()
     monkeypatch.setattr(parse_module, "_tag_alone", counting)
+    # a parse puts parse_module._tag_alone (the spy, here) back into unstructured: undo that at the end too
+    monkeypatch.setattr(unstructured_tokenize, "_run_pipeline", unstructured_tokenize._run_pipeline)
     _forget_unstructured_caches()
     yield counting
     _forget_unstructured_caches()
@@ -111,15 +113,43 @@ def test_windows_follow_the_file_and_other_texts_are_tagged_alone(
     asked = [*paragraphs, "A text the file does not hold."]
     docs = [tag(text) for text in asked]
     assert [doc.text for doc in docs] == asked
+    assert tag("The end.") is docs[-2]  # asked again (unstructured does, up to three times): no new batch
     assert [token.tag_ for token in docs[1]] == [token.tag_ for token in pipeline._nlp(paragraphs[1])]
     # windows of three, in order; the repeated heading starts its window at its second place, not its first
     assert pipeline.batches == [paragraphs[0:3], paragraphs[3:6], paragraphs[6:9], paragraphs[9:11]]
     assert alone.texts == ["A text the file does not hold."]
 
 
-def test_unstructured_is_given_back_its_own_tagging_when_a_parse_fails(tmp_path: Path) -> None:
-    empty = tmp_path / "blank.txt"
-    empty.write_text("   \n\n  \n", encoding="utf-8")
-    with pytest.raises(DocumentRejected, match="no extractable text"):
-        parse_module.parse(empty, FileType.TXT, empty.name, LIMITS)
-    assert unstructured_tokenize._run_pipeline is parse_module._tag_alone
+def test_a_window_holds_at_most_its_characters_and_long_paragraphs_are_tagged_alone(
+    alone: _CountingAlone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = _CountingPipeline()
+    monkeypatch.setattr(parse_module, "_spacy_pipeline", lambda: pipeline)
+    monkeypatch.setattr(parse_module, "_TAG_AHEAD_CHARS", 40)
+    monkeypatch.setattr(parse_module, "_TAG_ALONE_ABOVE_CHARS", 60)
+    long = "A paragraph longer than the limit for tagging in a batch, said in one go."
+    paragraphs = ["Fifteen letters", "Fifteen letters.", long, "Fifteen letters!", "Twenty-five letters here."]
+    tag = parse_module._TagAhead(paragraphs, parse_module._tag_alone)
+
+    assert [tag(text).text for text in paragraphs] == paragraphs
+    # 15 + 16 characters fit in 40, a third would not; the long one is skipped by the windows and tagged alone
+    assert pipeline.batches == [paragraphs[0:2], [paragraphs[3]], [paragraphs[4]]]
+    assert alone.texts == [long]
+
+
+def test_unstructured_is_given_back_its_own_tagging_when_a_parse_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("A heading\n\nA paragraph that says something.\n", encoding="utf-8")
+    swapped_in: list[object] = []
+
+    def failing_partition(**_: object) -> list[object]:
+        swapped_in.append(unstructured_tokenize._run_pipeline)
+        raise ValueError("the partitioner broke")
+
+    monkeypatch.setattr(parse_module, "partition", failing_partition)
+    with pytest.raises(DocumentRejected, match="the partitioner broke"):
+        parse_module.parse(path, FileType.TXT, path.name, LIMITS)
+    assert isinstance(swapped_in[0], parse_module._TagAhead)  # batched while partitioning
+    assert unstructured_tokenize._run_pipeline is parse_module._tag_alone  # and given back on the way out
