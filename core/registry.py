@@ -134,7 +134,10 @@ _DOCUMENT_WITH_ACL = (
 )
 
 
-_LOCKED_DOCUMENT_WITH_ACL = _DOCUMENT_WITH_ACL.with_for_update(of=_DOCUMENTS)  # the row lock on Postgres
+# The row lock first, then the ACL in a statement of its own: on Postgres a statement that waited for the lock
+# re-reads only the locked row, so an ACL joined to it would be the one from before the wait.
+_LOCKED_DOCUMENT = select(_DOCUMENTS).where(_DOCUMENTS.c.id == bindparam("document_id")).with_for_update()
+_ACL_TOKENS = select(_ACL.c.token).where(_ACL.c.document_id == bindparam("document_id")).order_by(_ACL.c.position)
 _START_ATTEMPT = (
     update(_DOCUMENTS)
     .where(_DOCUMENTS.c.id == bindparam("document_id"))
@@ -322,10 +325,10 @@ class Registry:
         """Mark the document processing, at the parsing stage, and count the attempt; a final or deleted
         document is left as is. The attempt says where the previous attempt stopped."""
         with self._db.session() as session:
-            rows = session.execute(_LOCKED_DOCUMENT_WITH_ACL, {"document_id": document_id}).all()
-            if not rows:
+            row = session.execute(_LOCKED_DOCUMENT, {"document_id": document_id}).one_or_none()
+            if row is None:
                 raise NotFound(f"document {document_id} not found")
-            record = _record_of(rows[0], [row.token for row in rows if row.token is not None])
+            record = _record_of(row, session.scalars(_ACL_TOKENS, {"document_id": document_id}).all())
             if record.status.is_final:
                 return Attempt(record, record.attempts, record.stage)
             now = utcnow()

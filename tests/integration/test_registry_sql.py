@@ -29,7 +29,7 @@ from core.audit import AuditAction, AuditLog, AuditRow
 from core.db import Base, Database, utcnow
 from core.errors import AuthError, NotFound, Unavailable
 from core.records import DocumentRecord, DocumentStatus, IngestStage
-from core.registry import Registry
+from core.registry import Attempt, Registry
 from core.schema import INITIAL_REVISION, alembic_config, current_revision, head_revision, migrate
 from core.settings import get_settings
 from tests.conftest import SECRET
@@ -193,6 +193,27 @@ def test_get_reads_back_the_record_as_written_with_its_acl_in_order(database: Da
     assert registry.get("b" * 32) == attempt.record
     with pytest.raises(NotFound):
         registry.get("c" * 32)
+
+
+def test_an_attempt_started_while_an_acl_change_commits_gets_the_new_acl(database: Database) -> None:
+    registry = Registry(database)
+    doc = "d" * 32
+    _add(registry, doc, acl=("group:eng", "group:sales"))
+    started: list[Attempt] = []
+    with database.engine.connect() as other:  # another writer, holding the row (Postgres) or the database (SQLite)
+        other.execute(text("UPDATE documents SET updated_at = :now WHERE id = :d"), {"now": utcnow(), "d": doc})
+        other.execute(text("DELETE FROM document_acl WHERE document_id = :d"), {"d": doc})
+        other.execute(
+            text("INSERT INTO document_acl (document_id, token, position) VALUES (:d, 'group:ops', 0)"), {"d": doc}
+        )
+        waiting = threading.Thread(target=lambda: started.append(registry.start_attempt(doc)))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive(), "start_attempt must wait for the other writer"
+        other.commit()
+    waiting.join(10)
+    assert started[0].record.acl_tokens == ("group:ops",) == registry.get(doc).acl_tokens
+    assert started[0].number == 1
 
 
 def test_listing_returns_what_each_principal_may_read_and_pages_without_gaps(database: Database) -> None:
