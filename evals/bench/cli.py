@@ -47,6 +47,12 @@ def _levels(value: str) -> list[int]:
     return levels
 
 
+def _at_least_one(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError("a whole number, at least 1")
+    return int(value)
+
+
 def _setting(value: str) -> tuple[str, str]:
     name, sep, setting = value.partition("=")
     name = name.strip().lower().removeprefix("tessera_")
@@ -87,7 +93,7 @@ def add_bench_parser(subparsers: Any) -> None:
             action.add_argument("--upload-concurrency", type=int, default=4, help="client threads uploading")
             action.add_argument(
                 "--passages-per-document",
-                type=int,
+                type=_at_least_one,
                 default=1,
                 help="consecutive passages joined into one uploaded document (default 1: each passage its own)",
             )

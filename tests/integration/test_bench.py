@@ -46,6 +46,14 @@ def test_bench_documents_join_consecutive_passages_and_cycle_the_groups() -> Non
 
 
 @pytest.mark.unit
+def test_bench_refuses_fewer_than_one_passage_per_document(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "ingest", "--passages-per-document", "0"])
+    assert exit_info.value.code == 2
+    assert "--passages-per-document: a whole number, at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.unit
 def test_summary_percentiles_interpolate_linearly_like_numpy() -> None:
     def level(latencies: list[float]) -> dict[str, Any]:
         samples = [[0.1 * i, ms, 200] for i, ms in enumerate(latencies)]
