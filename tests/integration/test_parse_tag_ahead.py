@@ -101,11 +101,16 @@ class _CountingPipeline:
         return self._nlp.pipe(texts, batch_size=batch_size)
 
 
+@pytest.fixture
+def pipeline(monkeypatch: pytest.MonkeyPatch) -> _CountingPipeline:
+    counting = _CountingPipeline()
+    monkeypatch.setattr(parse_module, "_spacy_pipeline", lambda: counting)
+    return counting
+
+
 def test_windows_follow_the_file_and_other_texts_are_tagged_alone(
-    alone: _CountingAlone, monkeypatch: pytest.MonkeyPatch
+    alone: _CountingAlone, pipeline: _CountingPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = _CountingPipeline()
-    monkeypatch.setattr(parse_module, "_spacy_pipeline", lambda: pipeline)
     monkeypatch.setattr(parse_module, "_TAG_AHEAD_WINDOW", 3)
     paragraphs = ["Results", *(f"Paragraph {i} says something." for i in range(8)), "Results", "The end."]
     tag = parse_module._TagAhead(paragraphs, parse_module._tag_alone)
@@ -121,10 +126,8 @@ def test_windows_follow_the_file_and_other_texts_are_tagged_alone(
 
 
 def test_a_window_holds_at_most_its_characters_and_long_paragraphs_are_tagged_alone(
-    alone: _CountingAlone, monkeypatch: pytest.MonkeyPatch
+    alone: _CountingAlone, pipeline: _CountingPipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = _CountingPipeline()
-    monkeypatch.setattr(parse_module, "_spacy_pipeline", lambda: pipeline)
     monkeypatch.setattr(parse_module, "_TAG_AHEAD_CHARS", 40)
     monkeypatch.setattr(parse_module, "_TAG_ALONE_ABOVE_CHARS", 60)
     long = "A paragraph longer than the limit for tagging in a batch, said in one go."
