@@ -30,8 +30,9 @@ from core.records import Chunk, ChunkPoint
 from evals.datasets import BeirDataset, load_beir
 from evals.metrics import mean_of, ndcg_at_k
 from retrieval.edge_index import EdgeIndex
+from retrieval.sparse import FUSION_CANDIDATES
 
-DEPTH = 50  # each ranking's candidates, as FUSION_CANDIDATES in retrieval/sparse.py
+DEPTH = FUSION_CANDIDATES  # each ranking's candidates, as the engines' hybrid fetches
 READER = Principal(tenant="fusion", subject="reader", groups=frozenset({"all"}))
 Ranking = list[tuple[str, float]]  # passage id, score; best first
 

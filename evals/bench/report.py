@@ -82,7 +82,7 @@ def _ingest_tables(result: dict[str, Any]) -> list[str]:
             ],
             [
                 [
-                    ingest.get("passages", ingest["documents"]),
+                    ingest["passages"],
                     ingest["documents"],
                     ingest["ready"],
                     ingest["failed"],

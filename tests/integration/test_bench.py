@@ -147,6 +147,7 @@ def _minimal_result() -> dict[str, Any]:
         },
         "ingest": {
             "documents": 2,
+            "passages": 2,
             "ready": 2,
             "failed": 0,
             "refused": 0,
