@@ -181,11 +181,11 @@ def test_get_reads_back_the_record_as_written_with_its_acl_in_order(database: Da
         file_type="text",
         sha256="ab" * 32,
         size_bytes=10,
-        acl_tokens=tokens,
+        acl_tokens=(*tokens, "group:eng"),  # a token given twice is kept once, at its first place
     )
     assert written.acl_tokens == tokens
     assert registry.get("b" * 32) == written
-    assert registry.set_acl("b" * 32, ["group:eng"]).acl_tokens == ("group:eng",)
+    assert registry.set_acl("b" * 32, ["group:eng", "group:eng"]).acl_tokens == ("group:eng",)
     assert registry.get("b" * 32).acl_tokens == ("group:eng",)
     emptied = registry.set_acl("b" * 32, [])  # no token at all: a document nobody may read
     assert emptied.acl_tokens == () and registry.get("b" * 32) == emptied
