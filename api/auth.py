@@ -33,8 +33,14 @@ class Authenticator:
         self._tokens = TokenVerifier(settings)
         self._api_keys = api_keys
 
+    @staticmethod
+    def looks_up(credential: str) -> bool:
+        """Whether authenticating the credential reads the database (an API key) rather than only checking a
+        signature (a JWT)."""
+        return credential.startswith(KEY_PREFIX)
+
     def authenticate(self, credential: str) -> Principal:
-        if credential.startswith(KEY_PREFIX):
+        if self.looks_up(credential):
             return self._api_keys.authenticate(credential)
         return self._tokens.verify(credential)
 
