@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_edge as edge
 
 import retrieval.edge_index as edge_index
 from core.access import Principal
+from core.errors import Unavailable
 from core.records import Chunk, ChunkPoint
 from retrieval.edge_index import EdgeIndex
 
@@ -76,3 +78,30 @@ def test_parameters_follow_the_share_each_principal_reads(index: EdgeIndex) -> N
     assert _params(index, EVERYONE) == (edge_index._WIDE_EF, False)  # 100 %: a wider beam
     # The same group in another tenant is another share (3 of 103 chunks), not acme's quarter.
     assert _params(index, QUARTER_ELSEWHERE) == (None, False)
+
+
+def test_a_shard_reopens_with_its_points_and_one_without_bm25_is_refused(tmp_path: Path) -> None:
+    """Opening passes Edge a configuration (the search pool, and the BM25 vector it is checked against): a shard
+    reopens and answers as before; one made without the BM25 vector is refused by name, not opened half-usable."""
+    path = tmp_path / "edge"
+    index = EdgeIndex(path)
+    index.ensure_ready(DIM)
+    _add(index, _points("few", 5))
+    vector = _points("few", 1)[0].vector
+    before = [hit.document_id for hit in index.search(FEW, vector, 5)]
+    index.close()
+    assert len(before) == 5
+    reopened = EdgeIndex(path)
+    try:
+        assert [hit.document_id for hit in reopened.search(FEW, vector, 5)] == before
+    finally:
+        reopened.close()
+
+    dense_only = tmp_path / "dense-only"
+    shard = edge.EdgeShard.create(
+        str(dense_only), edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=DIM, distance=edge.Distance.Cosine))
+    )
+    shard.update(edge.UpdateOperation.upsert_points([edge.Point(1, list(vector), {"tenant": "acme"})]))
+    shard.close()
+    with pytest.raises(Unavailable, match=r"cannot open the vector index .*bm25"):
+        EdgeIndex(dense_only)
