@@ -1,5 +1,5 @@
 """Qdrant Edge's dense search parameters follow the share of the shard a principal may read (retrieval/edge_index.py):
-the default search under 15 %, ACORN from 15 % to 40 %, a wider beam above."""
+the default search under 15 %, ACORN from 15 % to 40 %, a wider beam above; int8 candidates rescored at every share."""
 
 from __future__ import annotations
 
@@ -67,8 +67,9 @@ def index(tmp_path: Path) -> Iterator[EdgeIndex]:
 
 def _params(index: EdgeIndex, principal: Principal) -> tuple[int | None, bool]:
     params = index._dense_params(edge_index.to_edge_filter(edge_index.acl_filter(principal)))
-    if params is None:
-        return (None, False)
+    # every share rescores its int8 candidates on the float vectors (a scan of a small share lost recall without)
+    assert params.quantization is not None and params.quantization.rescore
+    assert params.quantization.oversampling == edge_index._RESCORED.oversampling
     return (params.hnsw_ef, bool(params.acorn and params.acorn.enable))
 
 
