@@ -18,15 +18,15 @@ from core.apikeys import ApiKeys
 from core.db import Database
 from core.errors import AuthError
 from core.schema import migrate
-from core.settings import load_settings
+from core.settings import Settings, load_settings
 from tests.conftest import SECRET
 
 
 class _Recording(Authenticator):
     """The real authenticator, noting for each call whether it ran on the thread of a running event loop."""
 
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
+    def __init__(self, settings: Settings, api_keys: ApiKeys) -> None:
+        super().__init__(settings, api_keys)
         self.on_loop: list[bool] = []
 
     def authenticate(self, credential: str) -> Principal:
