@@ -84,8 +84,15 @@ def to_edge_filter(selection: models.Filter) -> edge.Filter:
     return edge.Filter(must=[_condition(c) for c in must])
 
 
-def _sparse_config() -> dict[str, edge.EdgeSparseVectorParams]:
-    return {SPARSE_VECTOR: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)}
+def _config(dense: edge.EdgeVectorParams | None = None) -> edge.EdgeConfig:
+    """The shard's configuration. Loading passes no dense vector: the shard's own is inherited. Edge requires a
+    vector configuration beside any other: the sparse one, fixed here, is checked against the shard's."""
+    return edge.EdgeConfig(
+        vectors=dense,
+        sparse_vectors={SPARSE_VECTOR: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
+        max_search_threads=_SEARCH_THREADS,
+        quantization_config=_QUANTIZATION,
+    )
 
 
 def _sparse(terms: SparseTerms) -> edge.SparseVector:
@@ -101,13 +108,8 @@ class EdgeIndex:
         self._shard: edge.EdgeShard | None = None
         self._bm25 = Bm25Encoder()
         if path.exists() and any(path.iterdir()):
-            # Edge requires a vector configuration with any other: the sparse one, fixed here, is checked against
-            # the shard's; the dense one is inherited.
-            config = edge.EdgeConfig(
-                sparse_vectors=_sparse_config(), max_search_threads=_SEARCH_THREADS, quantization_config=_QUANTIZATION
-            )
             try:
-                self._shard = edge.EdgeShard.load(str(path), config)
+                self._shard = edge.EdgeShard.load(str(path), _config())
             except Exception as exc:  # the binding raises a bare Exception for a shard it cannot take
                 raise Unavailable(f"cannot open the vector index at {path}: {exc}") from exc
 
@@ -132,12 +134,7 @@ class EdgeIndex:
         with self._lock:
             if self._shard is None:
                 self.path.mkdir(parents=True, exist_ok=True)
-                config = edge.EdgeConfig(
-                    vectors=edge.EdgeVectorParams(size=dimension, distance=edge.Distance.Cosine),
-                    sparse_vectors=_sparse_config(),
-                    max_search_threads=_SEARCH_THREADS,
-                    quantization_config=_QUANTIZATION,
-                )
+                config = _config(edge.EdgeVectorParams(size=dimension, distance=edge.Distance.Cosine))
                 self._shard = self._guard(lambda: edge.EdgeShard.create(str(self.path), config))
                 for field, schema in (
                     (TENANT_FIELD, edge.KeywordIndexParams(is_tenant=True)),
