@@ -7,22 +7,16 @@ child process (ingest/sandbox.py).
 
 from __future__ import annotations
 
-import bisect
 import codecs
 import importlib
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
 import pypdf
-import spacy
-import unstructured.nlp.tokenize as unstructured_tokenize
 from pypdf.errors import PdfReadError
 from unstructured.cleaners.core import auto_paragraph_grouper
 from unstructured.documents.elements import Element as UnstructuredElement
@@ -36,6 +30,7 @@ from core.assets import spacy_model_dir
 from core.errors import DocumentRejected, UnsupportedType
 from core.records import Element
 from core.settings import Settings
+from ingest import tagging
 from ingest.archive import ArchiveLimits, check_archive
 from ingest.sandbox import ChildLimits, ChildPool
 
@@ -60,19 +55,11 @@ SUPPORTED_TYPES: dict[FileType, str] = {
 SUPPORTED_NAMES = ", ".join(sorted(SUPPORTED_TYPES.values()))
 _SKIPPED_CATEGORIES = {"PageBreak", "Image"}
 _TEXT_TYPES = {FileType.TXT, FileType.MD, FileType.CSV, FileType.TSV, FileType.HTML}
-# unstructured needs sentence boundaries and part-of-speech tags. The sentence recognizer gives the
-# boundaries at a fraction of the dependency parser's cost (parsing was ~40% of parse time on short text).
-_SPACY_EXCLUDE = ["ner", "lemmatizer", "attribute_ruler", "parser"]
 _SNIFF_BYTES = 8192
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _ARCHIVE_TYPES = {FileType.DOCX, FileType.PPTX, FileType.XLSX, FileType.ODT, FileType.EPUB}
 _OOXML_TYPES = {FileType.DOCX, FileType.PPTX, FileType.XLSX}  # no DOCTYPE in any of their parts
 _PARTITIONERS = ("docx", "pptx", "xlsx", "odt", "epub", "rtf", "html", "md", "text", "csv", "tsv", "email", "pdf")
-# Paragraphs tagged in one spaCy batch ahead of unstructured's questions about them (see _TagAhead): at most this
-# many, and this many characters in all; a longer paragraph than unstructured caches is tagged alone.
-_TAG_AHEAD_WINDOW = 64
-_TAG_AHEAD_CHARS = 32_768
-_TAG_ALONE_ABOVE_CHARS = unstructured_tokenize.MAX_CACHEABLE_CHARS
 
 
 @dataclass(frozen=True)
@@ -80,69 +67,6 @@ class ParseLimits:
     child: ChildLimits
     archive: ArchiveLimits
     pdf_max_pages: int
-
-
-@lru_cache(maxsize=1)
-def _spacy_pipeline() -> spacy.language.Language:
-    nlp = spacy.load(spacy_model_dir(), exclude=_SPACY_EXCLUDE)
-    nlp.enable_pipe("senter")
-    return nlp
-
-
-class _TagAhead:
-    """unstructured classifies each paragraph (title, narrative text, ...) by sentence count and part-of-speech
-    tags, one spaCy call per paragraph: 2.1 ms each, nearly all of a text file's parse time. spaCy tags a batch
-    of short texts in under half that per text, with the same tags and sentence boundaries. Given the
-    paragraphs unstructured will ask about, in order, this answers each from a window of them tagged in one
-    batch when the first is asked for, and keeps the window's answers until the next window (unstructured asks
-    up to three times about a text it does not cache). A window holds at most _TAG_AHEAD_WINDOW paragraphs and
-    _TAG_AHEAD_CHARS characters, so memory stays that of one window; a paragraph longer than unstructured
-    caches, or a text not foreseen, is tagged alone, as before: a wrong guess costs only time."""
-
-    def __init__(self, paragraphs: Sequence[str], tag_alone: Callable[[str], spacy.tokens.Doc]) -> None:
-        self._paragraphs = list(paragraphs)
-        self._positions: dict[str, list[int]] = {}
-        for position, text in enumerate(self._paragraphs):
-            self._positions.setdefault(text, []).append(position)
-        self._tag_alone = tag_alone
-        self._tagged: dict[str, spacy.tokens.Doc] = {}
-        self._window_start = 0
-
-    def __call__(self, text: str) -> spacy.tokens.Doc:
-        doc = self._tagged.get(text)
-        if doc is not None:
-            return doc
-        positions = self._positions.get(text)
-        if positions is None or len(text) > _TAG_ALONE_ABOVE_CHARS:
-            return self._tag_alone(text)
-        # a text met again (a repeated heading) starts the window at its next place, not at its first
-        later = bisect.bisect_left(positions, self._window_start)
-        self._window_start = positions[later] if later < len(positions) else positions[0]
-        window: dict[str, None] = {}
-        chars = 0
-        for paragraph in self._paragraphs[self._window_start : self._window_start + _TAG_AHEAD_WINDOW]:
-            if len(paragraph) > _TAG_ALONE_ABOVE_CHARS or paragraph in window:
-                continue
-            if window and chars + len(paragraph) > _TAG_AHEAD_CHARS:
-                break
-            window[paragraph] = None
-            chars += len(paragraph)
-        self._tagged = {}  # the last window's answers go before the next is tagged
-        self._tagged = dict(zip(window, _spacy_pipeline().pipe(list(window), batch_size=len(window)), strict=True))
-        return self._tagged[text]
-
-
-_tag_alone = unstructured_tokenize._run_pipeline
-
-
-@contextmanager
-def _tagged_ahead(paragraphs: Sequence[str]) -> Iterator[None]:
-    """While parsing one file, let unstructured's spaCy calls be answered in batches (_TagAhead)."""
-    unstructured_tokenize._run_pipeline = _TagAhead(paragraphs, _tag_alone)
-    try:
-        yield
-    finally:
-        unstructured_tokenize._run_pipeline = _tag_alone
 
 
 def _text_paragraphs(path: Path, encoding: str | None) -> list[str]:
@@ -154,10 +78,8 @@ def _text_paragraphs(path: Path, encoding: str | None) -> list[str]:
     return [paragraph.strip() for paragraph in re.split(PARAGRAPH_PATTERN, text.strip()) if paragraph.strip()]
 
 
-# These are the only places Tessera reaches into unstructured. It loads `en_core_web_sm` by package name and
-# downloads it when missing: hand it the verified packaged model instead. Its spaCy calls are batched per file
-# by _tagged_ahead.
-unstructured_tokenize._get_nlp = _spacy_pipeline
+# The only place Tessera reaches into unstructured: its questions to spaCy are answered by ingest/tagging.py.
+tagging.install(spacy_model_dir())
 
 
 def detect_type(source: BinaryIO, file_name: str) -> FileType:
@@ -222,7 +144,7 @@ def parse_limits(settings: Settings) -> ParseLimits:
 def warm_up() -> None:
     """Load the language model and every partitioner now (unstructured imports them on first use), and
     partition one short text, whose first call fills caches (7 ms) that every forked child would fill again."""
-    _spacy_pipeline()
+    tagging.language_model(spacy_model_dir())
     for name in _PARTITIONERS:
         importlib.import_module(f"unstructured.partition.{name}")
     with tempfile.TemporaryDirectory(prefix="tessera-warm-") as folder:
@@ -259,7 +181,7 @@ def parse(path: Path, file_type: FileType, file_name: str, limits: ParseLimits) 
     try:
         encoding = _text_encoding(path, file_type)
         paragraphs = _text_paragraphs(path, encoding) if file_type is FileType.TXT else []
-        with _tagged_ahead(paragraphs):
+        with tagging.tagging(tagging.language_model(spacy_model_dir()), paragraphs):
             parts: list[UnstructuredElement] = partition(
                 filename=str(path),
                 content_type=file_type.mime_type,
