@@ -66,7 +66,7 @@ def _ingest_tables(result: dict[str, Any]) -> list[str]:
     ingest = result["ingest"]
     sections = [
         table(
-            "Ingestion (upload of the first document to the last one final)",
+            "Ingestion (upload of the first document to the last one final, after one warm-up document)",
             [
                 "passages",
                 "documents",
@@ -79,6 +79,7 @@ def _ingest_tables(result: dict[str, Any]) -> list[str]:
                 "docs/s",
                 "chunks/s",
                 "MB/s",
+                "warm-up s",
             ],
             [
                 [
@@ -93,6 +94,7 @@ def _ingest_tables(result: dict[str, Any]) -> list[str]:
                     ingest["docs_per_s"],
                     ingest["chunks_per_s"],
                     ingest["mb_per_s"],
+                    ingest.get("warm_up_s"),
                 ]
             ],
         ),
