@@ -11,11 +11,12 @@ of the whole pipeline:
 Only a paragraph of fewer than two sentences of three words is asked for its tags (does it hold a verb?): 19 %
 of dbpedia's paragraphs.
 
-Given the paragraphs a text file's partitioner will ask about, in order, `Tagger` finds the sentences of a window
-of them in one senter batch when the first is asked for, and keeps them until the next window. A window holds at
-most WINDOW paragraphs and WINDOW_CHARS characters; a paragraph longer than BATCH_UP_TO_CHARS, or a text not
-foreseen, is answered alone: a wrong guess costs only time. A text longer than spaCy takes goes through
-unstructured's own call, which cuts it to the limit.
+Given the paragraphs a text file's partitioner will ask about, in order, `Tagger` finds the sentences of a window of
+them in one senter batch when the first is asked for, and keeps them until the next window. Asked for the tags of a
+paragraph in the window, it tags in one batch that paragraph and the later ones of one sentence, those likely to be
+asked next. A window holds at most WINDOW paragraphs and WINDOW_CHARS characters; a paragraph longer than
+BATCH_UP_TO_CHARS, or a text not foreseen, is answered alone: a wrong guess costs only time. A text longer than
+spaCy takes goes through unstructured's own call, which cuts it to the limit.
 """
 
 from __future__ import annotations
