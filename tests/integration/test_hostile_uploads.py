@@ -14,6 +14,7 @@ import io
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -334,6 +335,19 @@ def room_mib(limit_bytes: int) -> int:
 
 def allocate_in(megabytes: int) -> tuple[int, int]:
     return os.getpid(), len(bytearray(megabytes * 2**20))
+
+
+def loaded_modules(*names: str) -> dict[str, bool]:
+    return {name: sys.modules.get(name) is not None for name in names}
+
+
+def test_the_sandbox_children_have_the_parser_loaded_and_no_torch() -> None:
+    # thinc would import torch when installed, as it is here; the fork server marks it missing first
+    # (ingest/parse_server.py), and the shared documents of every type still parse (test_shared_docs)
+    loaded = run_isolated(
+        loaded_modules, "spacy", "thinc", "unstructured.partition.pdf", "torch", limits=LIMITS, what=""
+    )
+    assert loaded == {"spacy": True, "thinc": True, "unstructured.partition.pdf": True, "torch": False}
 
 
 def test_the_sandbox_caps_memory_and_the_parent_is_untouched() -> None:
