@@ -171,7 +171,7 @@ def _wait_for_final(
 def _warm_up(admin: httpx.Client, timeout_s: float) -> float:
     """Ingest one short document of the admin's own, outside the timed run, and wait until it is final; the
     seconds that took. The server answers before its ingestion path is warm: the parse sandbox's fork server
-    loads the parser in the background (ingest/sandbox.py), 3-5 s on two cores beside the server's own start,
+    loads the parser in the background (ingest/sandbox.py), 2-4 s on two cores beside the server's own start,
     and the first documents wait for it. The timed run then measures a warm server; its uploader's own parse
     children still start in it, as a new owner's do."""
     since = datetime.now(UTC)
