@@ -26,7 +26,6 @@ from unstructured.file_utils.model import FileType
 from unstructured.nlp.patterns import PARAGRAPH_PATTERN
 from unstructured.partition.auto import partition
 
-from core.assets import spacy_model_dir
 from core.errors import DocumentRejected, UnsupportedType
 from core.records import Element
 from core.settings import Settings
@@ -79,7 +78,7 @@ def _text_paragraphs(path: Path, encoding: str | None) -> list[str]:
 
 
 # The only place Tessera reaches into unstructured: its questions to spaCy are answered by ingest/tagging.py.
-tagging.install(spacy_model_dir())
+tagging.install()
 
 
 def detect_type(source: BinaryIO, file_name: str) -> FileType:
@@ -144,7 +143,7 @@ def parse_limits(settings: Settings) -> ParseLimits:
 def warm_up() -> None:
     """Load the language model and every partitioner now (unstructured imports them on first use), and
     partition one short text, whose first call fills caches (7 ms) that every forked child would fill again."""
-    tagging.language_model(spacy_model_dir())
+    tagging.language_model()
     for name in _PARTITIONERS:
         importlib.import_module(f"unstructured.partition.{name}")
     with tempfile.TemporaryDirectory(prefix="tessera-warm-") as folder:
@@ -181,7 +180,7 @@ def parse(path: Path, file_type: FileType, file_name: str, limits: ParseLimits) 
     try:
         encoding = _text_encoding(path, file_type)
         paragraphs = _text_paragraphs(path, encoding) if file_type is FileType.TXT else []
-        with tagging.tagging(tagging.language_model(spacy_model_dir()), paragraphs):
+        with tagging.tagging(paragraphs):
             parts: list[UnstructuredElement] = partition(
                 filename=str(path),
                 content_type=file_type.mime_type,

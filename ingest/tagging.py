@@ -26,12 +26,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
-from pathlib import Path
 
 import spacy
 import unstructured.nlp.tokenize as unstructured_tokenize
 import unstructured.partition.text_type as unstructured_text_type
 from spacy.pipeline import TrainablePipe
+
+from core.assets import spacy_model_dir
 
 WINDOW = 64
 WINDOW_CHARS = 32_768
@@ -41,9 +42,10 @@ _EXCLUDED = ["ner", "lemmatizer", "attribute_ruler", "parser"]  # unstructured u
 
 
 @lru_cache(maxsize=1)
-def language_model(model_dir: Path) -> spacy.language.Language:
-    """en_core_web_sm with only what unstructured's questions need: tok2vec, tagger and senter."""
-    nlp = spacy.load(model_dir, exclude=_EXCLUDED)
+def language_model() -> spacy.language.Language:
+    """The verified packaged en_core_web_sm with only what unstructured's questions need: tok2vec, tagger and
+    senter."""
+    nlp = spacy.load(spacy_model_dir(), exclude=_EXCLUDED)
     nlp.enable_pipe("senter")
     return nlp
 
@@ -63,9 +65,7 @@ class Tagger:
         self._window_tags: dict[str, tuple[tuple[str, str], ...]] = {}
 
     def words(self, text: str) -> list[str]:
-        if len(text) > self._nlp.max_length:
-            return [token.text for token in unstructured_tokenize._run_pipeline(text)]
-        return [token.text for token in self._nlp.make_doc(text)]
+        return [token.text for token in _annotated(self._nlp, text)]
 
     def sentences(self, text: str) -> list[str]:
         found = self._window.get(text)
@@ -131,20 +131,25 @@ def _sentence_texts(doc: spacy.tokens.Doc) -> tuple[str, ...]:
     return tuple(sentence.text for sentence in doc.sents)
 
 
+def _annotated(nlp: spacy.language.Language, text: str, *components: str) -> spacy.tokens.Doc:
+    """`text` tokenized and run through `components` in order; a text longer than spaCy takes goes through
+    unstructured's own call instead (the whole pipeline, on the text cut to the limit)."""
+    if len(text) > nlp.max_length:
+        return unstructured_tokenize._run_pipeline(text)
+    doc = nlp.make_doc(text)
+    for name in components:
+        doc = _component(nlp, name)(doc)
+    return doc
+
+
 @lru_cache(maxsize=_ANSWERS_CACHED)
 def _sentences_alone(nlp: spacy.language.Language, text: str) -> tuple[str, ...]:
-    if len(text) > nlp.max_length:
-        return _sentence_texts(unstructured_tokenize._run_pipeline(text))
-    return _sentence_texts(_component(nlp, "senter")(nlp.make_doc(text)))
+    return _sentence_texts(_annotated(nlp, text, "senter"))
 
 
 @lru_cache(maxsize=_ANSWERS_CACHED)
 def _tags_alone(nlp: spacy.language.Language, text: str) -> tuple[tuple[str, str], ...]:
-    if len(text) > nlp.max_length:
-        doc = unstructured_tokenize._run_pipeline(text)
-    else:
-        doc = _component(nlp, "tagger")(_component(nlp, "tok2vec")(nlp.make_doc(text)))
-    return _tag_pairs(doc)
+    return _tag_pairs(_annotated(nlp, text, "tok2vec", "tagger"))
 
 
 def _tag_pairs(doc: spacy.tokens.Doc) -> tuple[tuple[str, str], ...]:
@@ -155,7 +160,7 @@ _current: ContextVar[Tagger | None] = ContextVar("tessera_tagger", default=None)
 
 
 def _tagger() -> Tagger:
-    return _current.get() or Tagger(unstructured_tokenize._get_nlp())
+    return _current.get() or Tagger(language_model())
 
 
 def _word_tokenize(text: str) -> list[str]:
@@ -171,9 +176,9 @@ def _pos_tag(text: str) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def tagging(nlp: spacy.language.Language, paragraphs: Sequence[str]) -> Iterator[Tagger]:
+def tagging(paragraphs: Sequence[str]) -> Iterator[Tagger]:
     """While partitioning one file, answer unstructured's questions with a Tagger that foresees `paragraphs`."""
-    tagger = Tagger(nlp, paragraphs)
+    tagger = Tagger(language_model(), paragraphs)
     token = _current.set(tagger)
     try:
         yield tagger
@@ -181,12 +186,12 @@ def tagging(nlp: spacy.language.Language, paragraphs: Sequence[str]) -> Iterator
         _current.reset(token)
 
 
-def install(model_dir: Path) -> None:
+def install() -> None:
     """Answer unstructured's classification questions here from now on, in this process, and hand it the verified
     packaged model wherever it still loads one itself (it would load `en_core_web_sm` by package name and
     download it when missing)."""
     replacements = {
-        (unstructured_tokenize, "_get_nlp"): lambda: language_model(model_dir),
+        (unstructured_tokenize, "_get_nlp"): language_model,
         (unstructured_text_type, "word_tokenize"): _word_tokenize,
         (unstructured_text_type, "sent_tokenize"): _sent_tokenize,
         (unstructured_text_type, "pos_tag"): _pos_tag,

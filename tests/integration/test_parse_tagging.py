@@ -16,7 +16,6 @@ from pydantic import SecretStr
 from unstructured.file_utils.model import FileType
 
 import ingest.parse as parse_module
-from core.assets import spacy_model_dir
 from core.errors import DocumentRejected
 from core.settings import Settings
 from evals.datasets import load_beir
@@ -44,13 +43,13 @@ def _forget_caches() -> None:
 
 @pytest.fixture
 def nlp() -> spacy.language.Language:
-    return tagging.language_model(spacy_model_dir())
+    return tagging.language_model()
 
 
 class _CountingParts:
     """The real components, recording the texts each batch or lone call gets."""
 
-    def __init__(self, nlp: spacy.language.Language) -> None:
+    def __init__(self) -> None:
         self.calls: list[tuple[str, list[str]]] = []
         self._component = tagging._component
 
@@ -77,8 +76,8 @@ class _CountingParts:
 
 
 @pytest.fixture
-def parts(nlp: spacy.language.Language, monkeypatch: pytest.MonkeyPatch) -> Iterator[_CountingParts]:
-    counting = _CountingParts(nlp)
+def parts(monkeypatch: pytest.MonkeyPatch) -> Iterator[_CountingParts]:
+    counting = _CountingParts()
     monkeypatch.setattr(tagging, "_component", counting)
     _forget_caches()
     yield counting
