@@ -183,7 +183,8 @@ def _warm_up(admin: httpx.Client, timeout_s: float) -> float:
     )
     if response.status_code != 202:
         raise IngestBenchError(f"the warm-up upload failed: HTTP {response.status_code} {response.text[:300]}")
-    record = _wait_for_final(admin, [response.json()["id"]], since, timeout_s)[response.json()["id"]]
+    document_id = response.json()["id"]
+    record = _wait_for_final(admin, [document_id], since, timeout_s)[document_id]
     if record["outcome"] != "ready":
         raise IngestBenchError(f"the warm-up document did not become ready: {record['detail']}")
     return time.perf_counter() - started

@@ -345,7 +345,7 @@ def test_the_sandbox_children_have_the_parser_loaded_and_no_torch() -> None:
     # thinc would import torch when installed, as it is here; the fork server marks it missing first
     # (ingest/parse_server.py), and the shared documents of every type still parse (test_shared_docs)
     loaded = run_isolated(
-        loaded_modules, "spacy", "thinc", "unstructured.partition.pdf", "torch", limits=LIMITS, what=""
+        loaded_modules, "spacy", "thinc", "unstructured.partition.pdf", "torch", limits=LIMITS, what="listing modules"
     )
     assert loaded == {"spacy": True, "thinc": True, "unstructured.partition.pdf": True, "torch": False}
 
