@@ -77,6 +77,21 @@ def _record(row: AuditRow) -> AuditRecord:
     )
 
 
+def _new_row(
+    tenant: str, subject: str, action: AuditAction, outcome: str, target: str | None, detail: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The values of one audit_log row to insert."""
+    return {
+        "at": utcnow(),
+        "tenant": tenant,
+        "subject": subject,
+        "action": action.value,
+        "target": target,
+        "outcome": outcome,
+        "detail": _with_request_id(detail or {}),
+    }
+
+
 def _with_request_id(detail: dict[str, Any]) -> dict[str, Any]:
     """The detail, plus the id of the request (or of the upload's request, in its task) it happened in."""
     request_id = current_request_id()
@@ -106,17 +121,7 @@ class AuditLog:
         target: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        error = self._writes.submit(
-            {
-                "at": utcnow(),
-                "tenant": tenant,
-                "subject": subject,
-                "action": action.value,
-                "target": target,
-                "outcome": outcome,
-                "detail": _with_request_id(detail or {}),
-            }
-        )
+        error = self._writes.submit(_new_row(tenant, subject, action, outcome, target, detail))
         if error is not None:
             raise error
 
@@ -159,6 +164,21 @@ class AuditLog:
             target=target,
             detail=detail,
         )
+
+    async def by_async(
+        self,
+        principal: Principal,
+        action: AuditAction,
+        outcome: str,
+        target: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """`by` for a coroutine on the API's event loop: it awaits the commit, in the same shared transactions,
+        instead of holding a thread of the pool until then."""
+        row = _new_row(principal.tenant, principal.subject, action, outcome, target, detail)
+        error = await self._writes.submit_async(row)
+        if error is not None:
+            raise error
 
     def search(
         self,

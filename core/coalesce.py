@@ -2,18 +2,27 @@
 
 While one batch runs, the items that arrive wait, and the next run takes all of them (up to a weight). A caller
 alone runs at once: there is no waiting window, so coalescing costs nothing at low load and turns a queue of
-small calls into a few large ones at high load. The caller that finds no run in progress runs the batch on its
-own thread (no background thread to start or stop); every caller returns its own result, or raises the error
-its batch raised.
+small calls into a few large ones at high load. Every caller returns its own result, or raises the error its
+batch raised.
+
+Callers come two ways, into one queue and the same batches:
+- `submit`, from a thread: the caller that finds no run in progress runs the batch on its own thread (no
+  background thread to start or stop), and a waiting one runs the next;
+- `submit_async`, from an event loop: the caller awaits its result and never blocks the loop. A batch that only
+  such callers wait for runs on the coalescer's one runner thread (started when first needed).
 
 Used where one call per item is expensive and a call for many is nearly as cheap: the embedding model (a model
-call per batch of texts) and the audit log (a transaction per batch of records).
+call per batch of texts: ingestion threads submit, queries on the API's event loop await) and the audit log (a
+transaction per batch of records).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -24,6 +33,8 @@ Result = TypeVar("Result")
 @dataclass
 class _Waiting(Generic[Item, Result]):
     item: Item
+    # An awaiting caller's future, resolved on its own loop; None for a caller blocked in submit.
+    future: asyncio.Future[Result] | None = None
     done: bool = False
     result: Result | None = None
     error: BaseException | None = None
@@ -47,6 +58,7 @@ class Coalescer(Generic[Item, Result]):
         self._lock = threading.Condition()
         self._waiting: list[_Waiting[Item, Result]] = []
         self._running = False
+        self._runner: ThreadPoolExecutor | None = None
         self.runs = 0  # how many batches ran (to see the coalescing work)
 
     def submit(self, item: Item) -> Result:
@@ -64,11 +76,45 @@ class Coalescer(Generic[Item, Result]):
                     self._run_batch(batch)
                 finally:
                     self._lock.acquire()
-                    self._running = False
-                    self._lock.notify_all()
+                    self._batch_ended()
         if mine.error is not None:
             raise mine.error
         return mine.result  # type: ignore[return-value]  # done without an error: run gave this item's result
+
+    async def submit_async(self, item: Item) -> Result:
+        """`submit` for a coroutine: the batch runs on another thread while the caller awaits. A caller that is
+        cancelled while it waits leaves its item in the queue; the item runs and its result is dropped."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._waiting.append(_Waiting(item, future))
+            if not self._running:
+                self._start_on_runner()
+        return await future
+
+    def _start_on_runner(self) -> None:
+        """Run the next batch on the runner thread (the lock held)."""
+        if self._runner is None:
+            self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coalescer")
+        self._running = True
+        self._runner.submit(self._run_next_batch)
+
+    def _run_next_batch(self) -> None:
+        with self._lock:
+            batch = self._take_batch()
+        try:
+            if batch:  # never empty (started only with items waiting and no run in progress), but cheap to check
+                self._run_batch(batch)
+        finally:
+            with self._lock:
+                self._batch_ended()
+
+    def _batch_ended(self) -> None:
+        """After a run (the lock held): a caller blocked in submit runs the next batch on its own thread when it
+        wakes; if only awaiting callers wait, the runner thread runs it."""
+        self._running = False
+        if self._waiting and all(waiting.future is not None for waiting in self._waiting):
+            self._start_on_runner()
+        self._lock.notify_all()
 
     def _take_batch(self) -> list[_Waiting[Item, Result]]:
         batch: list[_Waiting[Item, Result]] = []
@@ -88,6 +134,26 @@ class Coalescer(Generic[Item, Result]):
         except BaseException as exc:  # every waiting caller gets the error, none hangs
             for waiting in batch:
                 waiting.error, waiting.done = exc, True
+                _resolve(waiting)
             return
         for waiting, result in zip(batch, results, strict=True):
             waiting.result, waiting.done = result, True
+            _resolve(waiting)
+
+
+def _resolve(waiting: _Waiting[Item, Result]) -> None:
+    """Hand an awaiting caller its outcome on its own loop (a no-op for a caller blocked in submit)."""
+    future = waiting.future
+    if future is None:
+        return
+    with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is waiting any more
+        future.get_loop().call_soon_threadsafe(_settle, future, waiting.result, waiting.error)
+
+
+def _settle(future: asyncio.Future[Result], result: Result | None, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]  # no error: the batch gave this item's result

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
 
+import anyio.to_thread
 import numpy as np
 
 from core.assets import default_model_cache_dir, embedding_model_dir
@@ -170,6 +171,14 @@ class Embedder:
         if not texts:
             return np.zeros((0, model.dimension), dtype=np.float32)
         return self._calls.submit(list(texts))
+
+    async def encode_async(self, texts: Sequence[str]) -> np.ndarray:
+        """`encode` for a coroutine on the API's event loop: its texts join the same shared model calls (with
+        ingestion's), and the loop awaits the result instead of a pool thread blocking for it."""
+        model = self._model if self._model is not None else await anyio.to_thread.run_sync(self._get_model)
+        if not texts:
+            return np.zeros((0, model.dimension), dtype=np.float32)
+        return await self._calls.submit_async(list(texts))
 
     def _encode_batch(self, requests: list[list[str]]) -> list[np.ndarray]:
         """One model call for every waiting caller's texts; each caller's rows, in its order."""

@@ -25,6 +25,11 @@ class SearchMode(enum.StrEnum):
 
 
 class VectorIndex(Protocol):
+    # True where a search is a call into an engine inside this process that holds the GIL until it returns (Qdrant
+    # Edge): the API then searches on its event loop, since a pool thread would add a hand-off and free nothing.
+    # False for an engine reached over the network, whose searches wait on I/O and must stay off the loop.
+    searches_in_process: bool
+
     def ensure_ready(self, dimension: int) -> None:
         """Create the collection and its payload indexes if they do not exist."""
 

@@ -102,6 +102,8 @@ def _sparse(terms: SparseTerms) -> edge.SparseVector:
 class EdgeIndex:
     """VectorIndex on Qdrant Edge. Engine errors surface as Unavailable."""
 
+    searches_in_process = True  # qdrant-edge-py 0.9.0 holds the GIL through every call
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()  # publish's two steps run with no query between them

@@ -67,6 +67,10 @@ class CollectionOptions:
 class QdrantIndex:
     """VectorIndex on qdrant-client. Errors reaching the engine surface as Unavailable."""
 
+    # A server is asked over the network; qdrant-client's local mode (small tests) is pure-Python brute force,
+    # slow enough at any size to stall the API's event loop.
+    searches_in_process = False
+
     def __init__(
         self,
         collection: str,

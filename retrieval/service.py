@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 
+import anyio.to_thread
 import tiktoken
 
 from core.access import Principal
@@ -40,15 +42,22 @@ class Retriever:
     def timed_search(self, principal: Principal, question: str, top_k: int, mode: SearchMode) -> TimedSearch:
         """Search, timing the query embedding and the index search separately (for the eval suites)."""
         started = time.perf_counter()
-        vector = [] if mode is SearchMode.SPARSE else [float(x) for x in self.embedder.encode([question])[0]]
+        vector = [] if mode is SearchMode.SPARSE else self.embedder.encode([question])[0].tolist()
         embedded = time.perf_counter()
         hits = self.index.search(principal, vector, top_k, mode=mode, text=question)
         return TimedSearch(
             hits=hits, vector=vector, embed_s=embedded - started, search_s=time.perf_counter() - embedded
         )
 
-    def query(
+    async def answer(
         self, principal: Principal, question: str, top_k: int, max_context_tokens: int, mode: SearchMode
     ) -> QueryResult:
-        hits = self.search(principal, question, top_k, mode)
+        """Search and build the prompt, for a coroutine on the API's event loop. It awaits the embedding (shared
+        model calls on another thread) and, for an engine over the network, the search on a pool thread; an
+        in-process engine is searched on the loop itself (VectorIndex.searches_in_process), and the prompt is
+        built there (Python and tiktoken, no I/O). Under 16 clients at 100k chunks that answered 7 % more
+        queries/s, p95 96 against 122 ms, than the whole query on a pool thread (README, Performance)."""
+        vector = [] if mode is SearchMode.SPARSE else (await self.embedder.encode_async([question]))[0].tolist()
+        search = partial(self.index.search, principal, vector, top_k, mode=mode, text=question)
+        hits = search() if self.index.searches_in_process else await anyio.to_thread.run_sync(search)
         return QueryResult(hits=hits, prompt=build_prompt(question, hits, max_context_tokens, self.encoding))

@@ -17,16 +17,17 @@ router = APIRouter(prefix="/v1", tags=["query"])
     response_model=QueryOut,
     responses={401: {"model": ErrorOut}, 400: {"model": ErrorOut}, 503: {"model": ErrorOut}},
 )
-def query(body: QueryIn, principal: PrincipalDep, runtime: RuntimeDep) -> QueryOut:
+async def query(body: QueryIn, principal: PrincipalDep, runtime: RuntimeDep) -> QueryOut:
     """The chunks the caller may read that best match the query, and a prompt built from them."""
+    # A coroutine: the model call and the audit commit are awaited, not waited for on a thread of the pool.
     settings = runtime.settings
     top_k = min(body.top_k or settings.default_top_k, settings.max_top_k)
     budget = body.max_context_tokens or settings.default_max_context_tokens
     mode = body.mode or SearchMode(settings.default_search_mode)
-    result = runtime.retriever.query(principal, body.query, top_k, budget, mode)
+    result = await runtime.retriever.answer(principal, body.query, top_k, budget, mode)
     runtime.metrics.query_results.labels(mode=mode.value).observe(len(result.hits))
     # Written before answering: a query that cannot be audited is not answered.
-    runtime.audit.by(
+    await runtime.audit.by_async(
         principal,
         AuditAction.QUERY,
         "answered",

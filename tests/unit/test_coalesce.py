@@ -3,13 +3,17 @@ every item runs exactly once, in arrival order, batches keep to their weight, an
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import pytest
 
 from core.coalesce import Coalescer
+
+T = TypeVar("T")
 
 
 class _Recorder:
@@ -124,3 +128,129 @@ def test_many_rounds_of_callers_never_lose_a_wake_up(callers: int) -> None:
 def test_max_weight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_weight"):
         Coalescer(lambda items: items, max_weight=0)
+
+
+# Awaiting callers (submit_async): the API's queries await the model from the event loop.
+
+
+def _run(calls: Coroutine[Any, Any, T]) -> T:
+    """Run on a new event loop; a caller never woken fails the test instead of hanging it."""
+    return asyncio.run(asyncio.wait_for(calls, 30))
+
+
+class _ThreadRecorder(_Recorder):
+    """Also records which thread ran each batch."""
+
+    def __init__(self, hold_s: float = 0.0, fail_on: int | None = None) -> None:
+        super().__init__(hold_s, fail_on)
+        self.threads: list[str] = []
+
+    def __call__(self, items: list[int]) -> Sequence[int]:
+        self.threads.append(threading.current_thread().name)
+        return super().__call__(items)
+
+
+def test_an_awaiting_caller_gets_its_result_from_a_batch_run_off_the_event_loop() -> None:
+    run = _ThreadRecorder()
+    coalescer = Coalescer(run, max_weight=8)
+
+    async def main() -> list[int]:
+        return [await coalescer.submit_async(i) for i in range(3)]
+
+    assert _run(main()) == [0, 10, 20]
+    assert run.batches == [[0], [1], [2]]
+    assert run.threads and all(name.startswith("coalescer") for name in run.threads), run.threads
+
+
+def test_awaiting_callers_share_runs_and_each_gets_its_own_result() -> None:
+    run = _ThreadRecorder(hold_s=0.02)
+    coalescer = Coalescer(run, max_weight=8)
+    items = list(range(40))
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(coalescer.submit_async(i) for i in items)))
+
+    assert _run(main()) == [item * 10 for item in items]
+    ran = [item for batch in run.batches for item in batch]
+    assert sorted(ran) == items, "an item ran twice or never"
+    assert all(len(batch) <= 8 for batch in run.batches)
+    assert len(run.batches) <= 6, run.batches  # one alone, then the rest eight at a time
+
+
+def test_awaiting_and_blocked_callers_share_batches() -> None:
+    run = _ThreadRecorder(hold_s=0.03)
+    coalescer = Coalescer(run, max_weight=100)
+    blocked = list(range(0, 40, 2))
+    awaiting = list(range(1, 40, 2))
+    blocked_outcomes: dict[int, object] = {}
+    thread = threading.Thread(target=lambda: blocked_outcomes.update(_submit_all(coalescer, blocked, stagger_s=0.002)))
+
+    async def main() -> list[int]:
+        calls = []
+        for item in awaiting:
+            calls.append(asyncio.ensure_future(coalescer.submit_async(item)))
+            await asyncio.sleep(0.002)
+        return list(await asyncio.gather(*calls))
+
+    thread.start()
+    assert _run(main()) == [item * 10 for item in awaiting]
+    thread.join(30)
+    assert blocked_outcomes == {item: item * 10 for item in blocked}
+    assert sorted(item for batch in run.batches for item in batch) == list(range(40))
+    mixed = [batch for batch in run.batches if {i % 2 for i in batch} == {0, 1}]
+    assert mixed, f"no batch held both kinds of caller: {run.batches}"
+
+
+def test_a_failed_run_raises_in_every_awaiting_caller_of_its_batch_and_no_other() -> None:
+    run = _Recorder(hold_s=0.05, fail_on=2)
+    coalescer = Coalescer(run, max_weight=3)
+
+    async def main() -> list[object]:
+        calls = []
+        for item in range(8):
+            calls.append(asyncio.ensure_future(coalescer.submit_async(item)))
+            await asyncio.sleep(0.004)
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    outcomes = _run(main())
+    assert run.batches == [[0], [1, 2, 3], [4, 5, 6], [7]]
+    for item in (1, 2, 3):
+        assert isinstance(outcomes[item], RuntimeError) and "batch with 2 failed" in str(outcomes[item])
+    assert [outcomes[item] for item in (0, 4, 5, 6, 7)] == [0, 40, 50, 60, 70]
+
+
+def test_a_cancelled_caller_leaves_the_others_their_results() -> None:
+    run = _Recorder(hold_s=0.05)
+    coalescer = Coalescer(run, max_weight=8)
+
+    async def main() -> list[object]:
+        calls = [asyncio.ensure_future(coalescer.submit_async(item)) for item in range(4)]
+        await asyncio.sleep(0.01)  # 0 runs; 1, 2 and 3 wait for the next batch
+        calls[2].cancel()
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    outcomes = _run(main())
+    assert isinstance(outcomes[2], asyncio.CancelledError)
+    assert [outcomes[i] for i in (0, 1, 3)] == [0, 10, 30]
+    assert sorted(item for batch in run.batches for item in batch) == [0, 1, 2, 3]  # the cancelled item still ran
+
+
+@pytest.mark.parametrize("callers", [2, 16, 64])
+def test_many_rounds_of_mixed_callers_never_lose_a_wake_up(callers: int) -> None:
+    run: Callable[[list[int]], Sequence[int]] = lambda items: [item + 1 for item in items]  # noqa: E731
+    coalescer = Coalescer(run, max_weight=5)
+
+    async def awaiting(items: list[int]) -> list[int]:
+        return list(await asyncio.gather(*(coalescer.submit_async(item) for item in items)))
+
+    for round_ in range(20):
+        items = list(range(round_ * callers, (round_ + 1) * callers))
+        half = len(items) // 2
+        blocked: dict[int, object] = {}
+        thread = threading.Thread(
+            target=lambda part=items[:half], into=blocked: into.update(_submit_all(coalescer, part))
+        )
+        thread.start()
+        assert _run(awaiting(items[half:])) == [item + 1 for item in items[half:]]
+        thread.join(30)
+        assert blocked == {item: item + 1 for item in items[:half]}
