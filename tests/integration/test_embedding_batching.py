@@ -3,6 +3,7 @@ vectors, in its own order, and an error reaches every caller of the failed batch
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 
@@ -79,3 +80,29 @@ def test_a_failed_model_call_raises_in_every_caller_of_its_batch() -> None:
     results = _run_concurrently(embedder, [[text] for text in TEXTS])
     assert all(isinstance(result, RuntimeError) and "exploded" in str(result) for result in results)
     assert embedder.encode([]).shape == (0, 384)
+
+
+def test_awaiting_and_blocked_callers_share_model_calls_and_each_gets_its_own_vectors(embedder: Embedder) -> None:
+    """The API's queries await the model on the event loop (encode_async) while ingestion threads block in
+    encode: both kinds join the same calls, and each gets its own text's vector."""
+    alone = {text: embedder.encode([text])[0] for text in TEXTS}
+    awaited_texts = [TEXTS[i % len(TEXTS)] for i in range(24)]
+    blocked_requests = [[TEXTS[(i + 1) % len(TEXTS)]] for i in range(12)]
+    blocked_results: list[np.ndarray | BaseException] = []
+    calls_before = embedder.model_calls
+
+    async def awaiting() -> list[np.ndarray]:
+        return list(await asyncio.gather(*(embedder.encode_async([text]) for text in awaited_texts)))
+
+    blocked = threading.Thread(target=lambda: blocked_results.extend(_run_concurrently(embedder, blocked_requests)))
+    blocked.start()
+    awaited = asyncio.run(asyncio.wait_for(awaiting(), 60))
+    blocked.join(60)
+    assert not blocked.is_alive(), "a blocked caller hung"
+    for text, vectors in zip(awaited_texts, awaited, strict=True):
+        assert vectors.shape == (1, 384) and float(np.dot(vectors[0], alone[text])) > 0.999
+    for request, vectors in zip(blocked_requests, blocked_results, strict=True):
+        assert isinstance(vectors, np.ndarray) and float(np.dot(vectors[0], alone[request[0]])) > 0.999
+    callers = len(awaited_texts) + len(blocked_requests)
+    calls = embedder.model_calls - calls_before
+    assert calls < callers, f"{calls} model calls for {callers} concurrent callers: nothing coalesced"

@@ -91,6 +91,22 @@ def test_a_request_id_follows_an_upload_through_its_task(embedded: Served, json_
     assert access and access[-1]["request_id"] == "upload-7f3a" and access[-1]["status"] == 202
 
 
+def test_a_query_is_audited_with_its_request_id_and_the_chunks_it_returned(embedded: Served) -> None:
+    """The query's record is built on the event loop and committed on the audit log's runner thread: it still
+    carries the request's id, and is committed before the answer is returned."""
+    document_id = upload(embedded.client, ALICE, "dome.txt", b"The observatory dome opens at dusk.").json()["id"]
+    assert wait_final(embedded.client, ALICE, document_id)["status"] == "ready"
+    response = embedded.client.post(
+        "/v1/query", headers={**ALICE, REQUEST_ID_HEADER: "query-5c1e"}, json={"query": "observatory dome"}
+    )
+    assert response.status_code == 200 and response.headers[REQUEST_ID_HEADER] == "query-5c1e"
+    returned = [f"{r['document_id']}:{r['version']}:{r['chunk_index']}" for r in response.json()["results"]]
+    assert any(chunk.startswith(f"{document_id}:") for chunk in returned)
+    records = embedded.runtime.audit.search("acme", subject="alice", actions=["query"])
+    mine = [r for r in records if r.detail.get("request_id") == "query-5c1e"]
+    assert len(mine) == 1 and mine[0].outcome == "answered" and mine[0].detail["chunks"] == returned
+
+
 def test_a_request_id_that_is_not_a_plain_token_is_replaced(embedded: Served) -> None:
     response = embedded.client.get("/healthz", headers={REQUEST_ID_HEADER: 'id with spaces", "admin": true'})
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers[REQUEST_ID_HEADER])
