@@ -193,6 +193,9 @@ class Runtime:
     def start(self) -> None:
         """Start serving: storage ready and, in the embedded default, the in-process worker running."""
         self.prepare_storage()
+        # Built now: /v1/query runs on the event loop, where the first query would otherwise load and verify the
+        # tokenizer's encoding (~0.1 s) with every other request waiting.
+        _ = self.retriever
         if self.settings.queue == "embedded":
             self._worker = EmbeddedWorker(self.celery, self.settings.worker_concurrency)
             self._worker.start()

@@ -92,16 +92,24 @@ class Coalescer(Generic[Item, Result]):
         return await future
 
     def _start_on_runner(self) -> None:
-        """Run the next batch on the runner thread (the lock held)."""
-        if self._runner is None:
-            self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coalescer")
+        """Run the next batch on the runner thread (the lock held). If the thread cannot be had (the interpreter
+        is shutting down), every awaiting caller gets that error instead of waiting for ever."""
+        try:
+            if self._runner is None:
+                self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coalescer")
+            self._runner.submit(self._run_next_batch)
+        except RuntimeError as exc:
+            for waiting in [w for w in self._waiting if w.future is not None]:
+                self._waiting.remove(waiting)
+                waiting.error, waiting.done = exc, True
+                _resolve(waiting)
+            return
         self._running = True
-        self._runner.submit(self._run_next_batch)
 
     def _run_next_batch(self) -> None:
-        with self._lock:
-            batch = self._take_batch()
         try:
+            with self._lock:
+                batch = self._take_batch()
             if batch:  # never empty (started only with items waiting and no run in progress), but cheap to check
                 self._run_batch(batch)
         finally:
@@ -153,7 +161,13 @@ def _resolve(waiting: _Waiting[Item, Result]) -> None:
 def _settle(future: asyncio.Future[Result], result: Result | None, error: BaseException | None) -> None:
     if future.done():  # the caller was cancelled
         return
-    if error is not None:
+    if error is None:
+        future.set_result(result)  # type: ignore[arg-type]  # no error: the batch gave this item's result
+    elif isinstance(error, Exception) and not isinstance(error, StopIteration):
         future.set_exception(error)
     else:
-        future.set_result(result)  # type: ignore[arg-type]  # no error: the batch gave this item's result
+        # A future refuses StopIteration, and a KeyboardInterrupt or SystemExit raised in a request's task would
+        # stop the event loop itself: the caller gets an ordinary error that says what happened.
+        failed = RuntimeError(f"the batch failed: {type(error).__name__}: {error}")
+        failed.__cause__ = error
+        future.set_exception(failed)

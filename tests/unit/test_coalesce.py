@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
@@ -183,7 +184,9 @@ def test_awaiting_and_blocked_callers_share_batches() -> None:
     blocked = list(range(0, 40, 2))
     awaiting = list(range(1, 40, 2))
     blocked_outcomes: dict[int, object] = {}
-    thread = threading.Thread(target=lambda: blocked_outcomes.update(_submit_all(coalescer, blocked, stagger_s=0.002)))
+    thread = threading.Thread(
+        target=lambda: blocked_outcomes.update(_submit_all(coalescer, blocked, stagger_s=0.002)), daemon=True
+    )
 
     async def main() -> list[int]:
         calls = []
@@ -202,7 +205,7 @@ def test_awaiting_and_blocked_callers_share_batches() -> None:
 
 
 def test_a_failed_run_raises_in_every_awaiting_caller_of_its_batch_and_no_other() -> None:
-    run = _Recorder(hold_s=0.05, fail_on=2)
+    run = _Recorder(hold_s=0.1, fail_on=2)
     coalescer = Coalescer(run, max_weight=3)
 
     async def main() -> list[object]:
@@ -217,6 +220,45 @@ def test_a_failed_run_raises_in_every_awaiting_caller_of_its_batch_and_no_other(
     for item in (1, 2, 3):
         assert isinstance(outcomes[item], RuntimeError) and "batch with 2 failed" in str(outcomes[item])
     assert [outcomes[item] for item in (0, 4, 5, 6, 7)] == [0, 40, 50, 60, 70]
+
+
+def test_an_awaiting_caller_that_arrives_during_a_blocked_callers_batch_is_run_after_it() -> None:
+    """The blocked caller's batch ends with only an awaiting caller waiting: the runner thread must take it."""
+    run = _ThreadRecorder(hold_s=0.1)
+    coalescer = Coalescer(run, max_weight=8)
+    blocked = threading.Thread(target=coalescer.submit, args=(0,), daemon=True)
+
+    async def main() -> int:
+        blocked.start()
+        await asyncio.sleep(0.03)  # 0 is running on the blocked caller's thread
+        return await coalescer.submit_async(1)
+
+    assert _run(main()) == 10
+    blocked.join(30)
+    assert run.batches == [[0], [1]]
+    assert not run.threads[0].startswith("coalescer") and run.threads[1].startswith("coalescer"), run.threads
+
+
+def test_an_error_a_future_cannot_hold_still_reaches_the_awaiting_caller() -> None:
+    def stops(items: list[int]) -> Sequence[int]:
+        raise StopIteration("a generator leaked its end")
+
+    coalescer = Coalescer(stops, max_weight=8)
+    with pytest.raises(RuntimeError, match="StopIteration: a generator leaked its end"):
+        _run(coalescer.submit_async(1))
+    with pytest.raises(StopIteration):  # a blocked caller gets it as raised
+        coalescer.submit(2)
+
+
+def test_without_a_runner_thread_an_awaiting_caller_fails_and_nothing_is_wedged() -> None:
+    """At interpreter shutdown no thread can be started: the awaiting caller gets that error, not a hang, and a
+    blocked caller still runs its own batch."""
+    coalescer = Coalescer(_Recorder(), max_weight=8)
+    coalescer._runner = ThreadPoolExecutor(max_workers=1)  # a runner that refuses work, as at shutdown
+    coalescer._runner.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures"):
+        _run(coalescer.submit_async(1))
+    assert coalescer.submit(2) == 20
 
 
 def test_a_cancelled_caller_leaves_the_others_their_results() -> None:
