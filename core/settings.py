@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     server_url: str = "http://127.0.0.1:8000"
 
     # Query. The search mode a query gets when it names none (see core.index.SearchMode). Dense, because on
-    # dbpedia hybrid (0.455 nDCG@10) and sparse (0.335) score below it (0.486); see README, Performance.
+    # dbpedia hybrid (0.455 nDCG@10) and sparse (0.335) score below it (0.486); see docs/performance.md.
     default_search_mode: Literal["dense", "sparse", "hybrid"] = "dense"
     default_top_k: int = Field(default=5, ge=1, le=50)
     max_top_k: int = Field(default=50, ge=1, le=50)

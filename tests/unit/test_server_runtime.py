@@ -1,5 +1,5 @@
 """`tessera serve` runs uvicorn with its defaults (loop and HTTP parser "auto"): with uvloop and httptools
-installed, as pyproject requires, it picks both, and the query rate depends on it (README, Performance)."""
+installed, as pyproject requires, it picks both, and the query rate depends on it (docs/performance.md)."""
 
 from __future__ import annotations
 
