@@ -36,9 +36,6 @@ class Retriever:
         self.embedder = embedder
         self.encoding = encoding
 
-    def search(self, principal: Principal, question: str, top_k: int, mode: SearchMode) -> list[SearchHit]:
-        return self.timed_search(principal, question, top_k, mode).hits
-
     def timed_search(self, principal: Principal, question: str, top_k: int, mode: SearchMode) -> TimedSearch:
         """Search, timing the query embedding and the index search separately (for the eval suites)."""
         started = time.perf_counter()

@@ -412,7 +412,7 @@ def _slow_document_outliving_the_visibility_timeout(
             worker.stop()
     record = runtime.registry.get(document_id)
     alice = Principal(tenant=TENANT, subject="alice", groups=frozenset())
-    hits = runtime.retriever.search(alice, "Norwich City goals", 50, SearchMode.DENSE)
+    hits = runtime.retriever.timed_search(alice, "Norwich City goals", 50, SearchMode.DENSE).hits
     visible = {(h.document_id, h.version, h.chunk_index) for h in hits}
     report = {
         "ingestion_s": round(ingestion_s, 1),
