@@ -46,7 +46,12 @@ _LIST_PAGE = 200
 _HTTP_TIMEOUT_S = 120.0
 _CURSOR_MARGIN = timedelta(seconds=5)
 _WARM_UP_NAME = "bench-warm-up.txt"
-_WARM_UP_TEXT = "Warming up\n\nThe benchmark's warm-up document, uploaded at {at}, readable by its owner only.\n"
+# The paragraph is longer than a chunk, so that its chunking loads the sentence tokenizer too (see _warm_up).
+_WARM_UP_TEXT = (
+    "Warming up\n\nThe benchmark's warm-up document, uploaded at {at}, readable by its owner only.\n\n"
+    + "Its chunking splits this paragraph at sentence boundaries, which loads the sentence tokenizer. " * 40
+    + "\n"
+)
 
 
 class IngestBenchError(RuntimeError):
@@ -172,8 +177,9 @@ def _warm_up(admin: httpx.Client, timeout_s: float) -> float:
     """Ingest one short document of the admin's own, outside the timed run, and wait until it is final; the
     seconds that took. The server answers before its ingestion path is warm: the parse sandbox's fork server
     loads the parser in the background (ingest/sandbox.py), 2-4 s on two cores beside the server's own start,
-    and the first documents wait for it. The timed run then measures a warm server; its uploader's own parse
-    children still start in it, as a new owner's do."""
+    and the first documents wait for it; a thread loads the chunker's sentence tokenizer (nltk, through
+    llama-index: 2-4 s holding the GIL), which the document's long paragraph waits for. The timed run then
+    measures a warm server; its uploader's own parse children still start in it, as a new owner's do."""
     since = datetime.now(UTC)
     started = time.perf_counter()
     response = admin.post(
