@@ -51,14 +51,17 @@ class EncoderModel(Protocol):
 class TorchEncoder:
     """sentence-transformers in fp32 on the CPU (or fp16 on CUDA where present)."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, model_dir: Path | None = None) -> None:
+        """`model_dir`: the bundled model (verified) unless given; scripts/gpu_check.py passes a verified copy."""
         import torch  # here, not at the top: the ONNX backends start without torch
         from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-        self._model = SentenceTransformer(str(embedding_model_dir()), device=device, local_files_only=True)
+        self._model = SentenceTransformer(str(model_dir or embedding_model_dir()), device=device, local_files_only=True)
         if device.startswith("cuda"):
             self._model.half()
+        else:
+            self._model.float()  # whatever dtype the weights were stored in: CPUs run fp16 slowly
 
     @property
     def dimension(self) -> int:
