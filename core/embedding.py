@@ -28,8 +28,8 @@ from core.coalesce import Coalescer
 # all-MiniLM-L6-v2 reads at most 256 word pieces; longer input is truncated by the model.
 MODEL_MAX_WORD_PIECES = 256
 DEFAULT_MAX_BATCH_TEXTS = 256
-# On a GPU the model is cheap per text and expensive per call: large batches (sentence-transformers sorts
-# each call's texts by length, so they pad little). Not measured here: no GPU was lent to this project yet.
+# On a GPU the model is cheap per text and expensive per call: large batches (each call's texts are sorted by
+# length, so they pad little). Not measured here: no GPU was lent to this project yet.
 GPU_BATCH_SIZE = 1024
 # The model's inputs by name, and the tokenizers.Encoding attribute each comes from.
 _FEATURE_FIELDS = (("input_ids", "ids"), ("attention_mask", "attention_mask"), ("token_type_ids", "type_ids"))
@@ -70,7 +70,6 @@ class TorchEncoder:
 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         directory = model_dir or embedding_model_dir()
-        self._device = device
         self._model = SentenceTransformer(str(directory), device=device, local_files_only=True)
         if device.startswith("cuda"):
             self._model.half()
@@ -123,7 +122,7 @@ class TorchEncoder:
         outputs = []
         with torch.inference_mode():
             for features in self._tokenizer_pool.map(self._features, batches):  # all submitted at once, in order
-                inputs = {name: tensor.to(self._device, non_blocking=True) for name, tensor in features.items()}
+                inputs = {name: tensor.to(self._model.device, non_blocking=True) for name, tensor in features.items()}
                 embeddings = self._model(inputs)["sentence_embedding"].float()
                 outputs.append(torch.nn.functional.normalize(embeddings, p=2, dim=1))
             in_length_order = torch.cat(outputs).cpu().numpy() if outputs else np.zeros((0, self.dimension))
