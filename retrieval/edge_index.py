@@ -32,35 +32,23 @@ from retrieval.acl_filter import (
     document_filter,
 )
 from retrieval.payload import chunk_payload, search_hit, stored_chunk, stored_vector
+from retrieval.search_plan import RESCORE_OVERSAMPLING, plan_for
 from retrieval.sparse import RRF_K, SPARSE_VECTOR, Bm25Encoder, SparseTerms, fusion_candidates
 
 _UPSERT_BATCH = 1024
 _DENSE_VECTOR = ""  # Edge's name for the default (unnamed) vector
-# Dense search parameters by the share of the shard a principal may read, measured with evals/bench/scale.py
-# (dbpedia replicated to 100k and 200k chunks, recall@10 against exact filtered search):
-# - under 15%: few enough points for a plain scan, or a group small enough for the payload index to give it its own
-#   graph links (groups up to about 4 / average links per point of a segment, ~17% at m=16): the default ef finds
-#   the exact top 10;
-# - 15% to 40%: too large for links of its own, too sparse for the main graph restricted to it: the greedy search
-#   strands (recall@10 0.93 at 25%, 0.98 even at ef 512). ACORN, which also follows neighbours' neighbours,
-#   restores it (0.995 at ef 64; 1.000 at ef 100, at 1.5x the time). 40% is ACORN's own default ceiling;
-# - over 40%: the restricted main graph holds, with a wider beam: ef 256 (50%: 0.977 -> 0.995; 100%: 0.985 -> 1.0).
-_ACORN_SHARE = (0.15, 0.40)
-_ACORN_EF = 64
-_WIDE_EF = 256
 # The shard's search pool. The calling thread holds the GIL while the pool searches (qdrant-edge-py 0.9.0), so
 # more pool threads only split one query over its segments, and each hand-off waits for a core the embedding
 # also wants: at 100k chunks under 16 clients a query took 2.2 ms with the default pool (2 threads here), of
 # which the caller ran 0.08 ms, and 1.9 ms on one thread; the estimate that picks the parameters, 0.25 -> 0.02 ms.
 _SEARCH_THREADS = 1
 # Dense vectors are kept a second time as int8 (scalar quantization, in RAM: 384 bytes a chunk beside the 1,536
-# of float32). A search ranks candidates on them and rescores twice its limit on the float vectors, so that what
-# it returns is ordered by the true score. At 100k chunks (evals/bench/scale.py, 200 queries twice): p50 over the
-# seven ACL shares 1.21 against 1.44-1.56 ms, recall@10 against exact search unchanged at every share (0.992 at
-# 50 %, 0.9935 without). Rescoring is asked for explicitly: without it the scan of a small share lost recall
-# (0.9895 at 0.5 %). The quantized copy is built by optimize() (15 s at 100k chunks, once per shard).
+# of float32), which searches rank candidates on before rescoring (retrieval/search_plan.py). At 100k chunks
+# (evals/bench/scale.py, 200 queries twice): p50 over the seven ACL shares 1.21 against 1.44-1.56 ms, recall@10
+# against exact search unchanged at every share (0.992 at 50 %, 0.9935 without). The quantized copy is built by
+# optimize() (15 s at 100k chunks, once per shard).
 _QUANTIZATION = edge.ScalarQuantizationConfig(type=edge.ScalarType.Int8, quantile=0.99, memory=edge.Memory.Pinned)
-_RESCORED = edge.QuantizationSearchParams(rescore=True, oversampling=2.0)
+_RESCORED = edge.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
 
 
 def _condition(condition: Any) -> edge.FieldCondition:
@@ -203,15 +191,10 @@ class EdgeIndex:
 
     def _dense_params(self, selection: edge.Filter) -> edge.SearchParams:
         """Search parameters for the share of the shard `selection` admits (the payload index's estimate, ~20 us)."""
-        total = self.shard.info().points_count
-        share = self.shard.count(edge.CountRequest(exact=False, filter=selection)) / total if total else 0.0
-        if share > _ACORN_SHARE[1]:
-            return edge.SearchParams(hnsw_ef=_WIDE_EF, quantization=_RESCORED)
-        if share >= _ACORN_SHARE[0]:
-            return edge.SearchParams(
-                hnsw_ef=_ACORN_EF, acorn=edge.AcornSearchParams(enable=True), quantization=_RESCORED
-            )
-        return edge.SearchParams(quantization=_RESCORED)
+        admitted = self.shard.count(edge.CountRequest(exact=False, filter=selection))
+        plan = plan_for(admitted, self.shard.info().points_count)
+        acorn = edge.AcornSearchParams(enable=True) if plan.acorn else None
+        return edge.SearchParams(hnsw_ef=plan.hnsw_ef, acorn=acorn, quantization=_RESCORED)
 
     def search(
         self,

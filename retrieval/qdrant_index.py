@@ -9,6 +9,7 @@ takes none of these (it keeps everything in memory and scans).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -36,10 +37,14 @@ from retrieval.acl_filter import (
     document_filter,
 )
 from retrieval.payload import chunk_payload, search_hit, stored_chunk, stored_vector
+from retrieval.search_plan import RESCORE_OVERSAMPLING, plan_for
 from retrieval.sparse import RRF_K, SPARSE_VECTOR, Bm25Encoder, SparseTerms, fusion_candidates
 
 _UPSERT_BATCH = 256
 _DENSE_VECTOR = ""  # the unnamed default vector
+# A server's point count, the denominator of the share that picks a search's parameters, is asked again after this
+# long. The share picks parameters, never who is admitted: a count some seconds old costs at most a less suited beam.
+_TOTAL_TTL_S = 10.0
 T = TypeVar("T")
 
 
@@ -89,6 +94,7 @@ class QdrantIndex:
         # qdrant-client's local mode is plain Python state with no locking, shared here by the API's
         # threads and the ingestion thread: serialise calls to it. A server needs no such lock.
         self._lock: AbstractContextManager[Any] = threading.RLock() if self.embedded else nullcontext()
+        self._total: tuple[float, int] | None = None  # (when it was counted, the collection's points)
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
             self._client = QdrantClient(path=str(path))
@@ -212,6 +218,27 @@ class QdrantIndex:
         if not self._call(lambda: self._client.collection_exists(self.collection)):
             raise Unavailable(f"the vector index has no collection {self.collection!r}")
 
+    def _points_total(self) -> int:
+        cached = self._total
+        now = time.monotonic()
+        if cached is None or now - cached[0] > _TOTAL_TTL_S:
+            cached = (now, self._client.count(self.collection, exact=False).count)
+            self._total = cached
+        return cached[1]
+
+    def _dense_params(self, query_filter: models.Filter) -> models.SearchParams | None:
+        """A server's parameters for the share of the collection `query_filter` admits, by its payload indexes'
+        estimate (retrieval/search_plan.py, as on Qdrant Edge). Local mode scans every point: it walks no graph."""
+        if self.embedded:
+            return None
+        admitted = self._client.count(self.collection, count_filter=query_filter, exact=False).count
+        plan = plan_for(admitted, self._points_total())
+        return models.SearchParams(
+            hnsw_ef=plan.hnsw_ef,
+            acorn=models.AcornSearchParams(enable=True) if plan.acorn else None,
+            quantization=models.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING),
+        )
+
     def search(
         self,
         principal: Principal,
@@ -222,6 +249,7 @@ class QdrantIndex:
         text: str = "",
     ) -> list[SearchHit]:
         query_filter = acl_filter(principal)  # raises before the engine is asked anything
+        params = self._call(partial(self._dense_params, query_filter)) if mode is not SearchMode.SPARSE else None
         search = partial(self._client.query_points, self.collection, query_filter=query_filter, limit=limit)
         if mode is SearchMode.HYBRID:
             # The principal's filter on each half and on the fusion: no half ever ranks what it may not read.
@@ -230,7 +258,7 @@ class QdrantIndex:
             search = partial(
                 search,
                 prefetch=[
-                    models.Prefetch(query=list(vector), filter=query_filter, limit=candidates),
+                    models.Prefetch(query=list(vector), filter=query_filter, limit=candidates, params=params),
                     models.Prefetch(query=terms, using=SPARSE_VECTOR, filter=query_filter, limit=candidates),
                 ],
                 query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
@@ -238,7 +266,7 @@ class QdrantIndex:
         elif mode is SearchMode.SPARSE:
             search = partial(search, query=_sparse(self._bm25.query(text)), using=SPARSE_VECTOR)
         else:
-            search = partial(search, query=list(vector))
+            search = partial(search, query=list(vector), search_params=params)
         response = self._call(partial(search, with_payload=True))
         return newest_versions_only([search_hit(point.payload or {}, point.score) for point in response.points])
 

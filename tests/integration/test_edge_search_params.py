@@ -1,4 +1,4 @@
-"""Qdrant Edge's dense search parameters follow the share of the shard a principal may read (retrieval/edge_index.py):
+"""Qdrant Edge's dense search parameters follow the share of the shard a principal may read (retrieval/search_plan.py):
 the default search under 15 %, ACORN from 15 % to 40 %, a wider beam above; int8 candidates rescored at every share."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 import qdrant_edge as edge
 
 import retrieval.edge_index as edge_index
+import retrieval.search_plan as search_plan
 from core.access import Principal
 from core.errors import Unavailable
 from core.records import Chunk, ChunkPoint
@@ -69,14 +70,14 @@ def _params(index: EdgeIndex, principal: Principal) -> tuple[int | None, bool]:
     params = index._dense_params(edge_index.to_edge_filter(edge_index.acl_filter(principal)))
     # every share rescores its int8 candidates on the float vectors (a scan of a small share lost recall without)
     assert params.quantization is not None and params.quantization.rescore
-    assert params.quantization.oversampling == edge_index._RESCORED.oversampling
+    assert params.quantization.oversampling == search_plan.RESCORE_OVERSAMPLING
     return (params.hnsw_ef, bool(params.acorn and params.acorn.enable))
 
 
 def test_parameters_follow_the_share_each_principal_reads(index: EdgeIndex) -> None:
     assert _params(index, FEW) == (None, False)  # 5 %: the default search
-    assert _params(index, QUARTER) == (edge_index._ACORN_EF, True)  # 25 %: ACORN
-    assert _params(index, EVERYONE) == (edge_index._WIDE_EF, False)  # 100 %: a wider beam
+    assert _params(index, QUARTER) == (search_plan.ACORN_EF, True)  # 25 %: ACORN
+    assert _params(index, EVERYONE) == (search_plan.WIDE_EF, False)  # 100 %: a wider beam
     # The same group in another tenant is another share (3 of 103 chunks), not acme's quarter.
     assert _params(index, QUARTER_ELSEWHERE) == (None, False)
 

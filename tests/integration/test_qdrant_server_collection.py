@@ -1,10 +1,11 @@
-"""How the Qdrant adapter makes a server's collection ready: storage options, payload indexes, and the check
-of an existing collection's vector size.
+"""How the Qdrant adapter makes a server's collection ready (storage options, payload indexes, the check of an
+existing collection's vector size) and what it asks a server for a search (the share of the collection a principal
+may read, then the search parameters for that share).
 
 No Qdrant server can run on this machine (no Docker, no binary), so the server here is a stand-in: a small
 HTTP server on 127.0.0.1 that answers the REST calls qdrant-client makes during `ensure_ready` (collection
-exists, create collection, create payload index, get collection, and the client's version probe) in the shapes
-Qdrant answers them, and records every request. The real qdrant-client talks to it, so what is asserted here
+exists, create collection, create payload index, get collection, count, query, and the client's version probe) in
+the shapes Qdrant answers them, and records every request. The real qdrant-client talks to it, so what is asserted here
 is what the client puts on the wire. It does not prove that a real server accepts the options; the ACL matrix
 (test_acl_matrix.py) runs against a real server when TESSERA_TEST_QDRANT_URL names one.
 """
@@ -27,8 +28,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from qdrant_client import models
 
-from core.errors import ConfigError
-from core.index import VectorIndex
+import retrieval.qdrant_index as qdrant_index
+import retrieval.search_plan as search_plan
+from core.access import Principal
+from core.errors import ConfigError, Unavailable
+from core.index import SearchMode, VectorIndex
 from retrieval.acl_filter import (
     ACL_FIELD,
     CHUNK_INDEX_FIELD,
@@ -36,6 +40,7 @@ from retrieval.acl_filter import (
     LIVE_FIELD,
     TENANT_FIELD,
     VERSION_FIELD,
+    acl_filter,
 )
 from retrieval.factory import create_index
 from retrieval.qdrant_index import QdrantIndex
@@ -46,7 +51,7 @@ pytestmark = pytest.mark.integration
 
 COLLECTION = "tessera_stand_in"
 DIM = 384
-_COLLECTION_PATH = re.compile(r"^/collections/(?P<name>[^/]+)(?P<rest>/exists|/index)?$")
+_COLLECTION_PATH = re.compile(r"^/collections/(?P<name>[^/]+)(?P<rest>/exists|/index|/points/count|/points/query)?$")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class StandIn:
     requests: list[Request] = field(default_factory=list)
     # Simulates another process creating the collection between our exists check and our create.
     created_by_another: dict[str, Any] | None = None
+    # What a count answers: `admitted` for a filtered count, `points` for the whole collection; None: an error.
+    admitted: int | None = 0
+    points: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sent(self, method: str, path: str) -> list[Any]:
@@ -171,6 +179,12 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
                 return HTTPStatus.OK, _ok(_collection_info(state.collections[name]))
             if method == "PUT" and rest == "/index":
                 return HTTPStatus.OK, _ok({"operation_id": len(state.requests), "status": "completed"})
+            if method == "POST" and rest == "/points/count":
+                if state.admitted is None:
+                    return HTTPStatus.INTERNAL_SERVER_ERROR, _error("Service internal error: stand-in count failed")
+                return HTTPStatus.OK, _ok({"count": state.admitted if body.get("filter") else state.points})
+            if method == "POST" and rest == "/points/query":
+                return HTTPStatus.OK, _ok({"points": []})
             return HTTPStatus.NOT_FOUND, _error(f"stand-in: no route for {method} {path}")
 
         def do_GET(self) -> None:
@@ -201,7 +215,7 @@ def server() -> Iterator[StandIn]:
         # qdrant-client probes the server's version from a thread of its own: let it finish first, so that
         # it does not warn about a server that went away.
         deadline = time.monotonic() + 5
-        while not state.sent("GET", "/") and time.monotonic() < deadline:
+        while state.requests and not state.sent("GET", "/") and time.monotonic() < deadline:
             time.sleep(0.01)
         httpd.shutdown()
         httpd.server_close()
@@ -329,3 +343,98 @@ def test_the_stand_in_answers_in_the_shapes_qdrant_client_parses(server: StandIn
     )
     update = models.InlineResponse2008.model_validate(_ok({"operation_id": 1, "status": "completed"}))
     assert update.result is not None and update.result.status == models.UpdateStatus.COMPLETED
+
+
+READER = Principal.of("acme", "quinn", ["finance"])
+VECTOR = [1.0 / DIM**0.5] * DIM
+
+
+def _search(server: StandIn, tmp_path: Path, *modes: SearchMode) -> list[dict[str, Any]]:
+    """A search as READER in each mode, on one client; the query bodies the server received, each checked against
+    the client's models."""
+    index = _index(server, tmp_path)
+    try:
+        for mode in modes or (SearchMode.DENSE,):
+            assert index.search(READER, VECTOR, 5, mode=mode, text="quarterly revenue") == []
+    finally:
+        index.close()
+    bodies = server.sent("POST", f"/collections/{COLLECTION}/points/query")
+    for body in bodies:
+        models.QueryRequest.model_validate(body)
+    return bodies
+
+
+@pytest.mark.parametrize(
+    ("admitted", "hnsw_ef", "acorn"),
+    [(50, None, False), (150, search_plan.ACORN_EF, True), (250, search_plan.ACORN_EF, True), (410, 256, False)],
+)
+def test_a_dense_search_asks_for_the_parameters_of_the_share_its_principal_reads(
+    server: StandIn, tmp_path: Path, admitted: int, hnsw_ef: int | None, acorn: bool
+) -> None:
+    server.add_existing(COLLECTION, DIM)
+    server.points, server.admitted = 1000, admitted
+    [query] = _search(server, tmp_path)
+    # The share is the engine's estimate for the principal's own filter, over the whole collection's.
+    counts = server.sent("POST", f"/collections/{COLLECTION}/points/count")
+    whole = {"exact": False}
+    assert sorted(counts, key=lambda body: "filter" in body) == [whole, {**whole, "filter": query["filter"]}]
+    assert query["filter"] == acl_filter(READER).model_dump(mode="json", exclude_none=True)
+    expected: dict[str, Any] = {"quantization": {"rescore": True, "oversampling": search_plan.RESCORE_OVERSAMPLING}}
+    if hnsw_ef is not None:
+        expected["hnsw_ef"] = hnsw_ef
+    if acorn:
+        expected["acorn"] = {"enable": True}
+    assert query["params"] == expected
+
+
+def test_a_hybrid_search_plans_its_dense_half_and_a_sparse_search_asks_no_share(
+    server: StandIn, tmp_path: Path
+) -> None:
+    server.add_existing(COLLECTION, DIM)
+    server.points, server.admitted = 1000, 250
+    hybrid, sparse_only = _search(server, tmp_path, SearchMode.HYBRID, SearchMode.SPARSE)
+    dense, sparse = hybrid["prefetch"]
+    assert dense["params"]["acorn"] == {"enable": True} and dense["params"]["hnsw_ef"] == search_plan.ACORN_EF
+    assert "params" not in sparse and sparse["using"] == SPARSE_VECTOR
+    # Each half and the fusion filtered by the principal's own ACL.
+    assert (
+        dense["filter"]
+        == sparse["filter"]
+        == hybrid["filter"]
+        == acl_filter(READER).model_dump(mode="json", exclude_none=True)
+    )
+    # A sparse search walks no graph: no parameters, and no share asked (the hybrid search's two counts only).
+    assert "params" not in sparse_only and sparse_only["using"] == SPARSE_VECTOR
+    assert len(server.sent("POST", f"/collections/{COLLECTION}/points/count")) == 2
+
+
+def test_the_collection_total_is_counted_again_only_after_a_while(server: StandIn, tmp_path: Path) -> None:
+    server.add_existing(COLLECTION, DIM)
+    server.points, server.admitted = 1000, 250
+    index = _index(server, tmp_path)
+    try:
+        for _ in range(3):
+            index.search(READER, VECTOR, 5)
+        counts = server.sent("POST", f"/collections/{COLLECTION}/points/count")
+        assert [("filter" in body) for body in counts] == [True, False, True, True]
+        # A collection that grew: once the total is older than its time to live, a search counts it again.
+        server.points = 100_000
+        assert isinstance(index, QdrantIndex)
+        index._total = (time.monotonic() - qdrant_index._TOTAL_TTL_S - 1, 1000)
+        index.search(READER, VECTOR, 5)
+        last_query = server.sent("POST", f"/collections/{COLLECTION}/points/query")[-1]
+        assert "acorn" not in last_query["params"]  # 250 of 100,000: the default search
+    finally:
+        index.close()
+
+
+def test_a_failed_share_estimate_fails_the_search_before_it_is_sent(server: StandIn, tmp_path: Path) -> None:
+    server.add_existing(COLLECTION, DIM)
+    server.admitted = None
+    index = _index(server, tmp_path)
+    try:
+        with pytest.raises(Unavailable, match="vector index is unavailable"):
+            index.search(READER, VECTOR, 5)
+    finally:
+        index.close()
+    assert server.sent("POST", f"/collections/{COLLECTION}/points/query") == []
