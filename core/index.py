@@ -25,11 +25,6 @@ class SearchMode(enum.StrEnum):
 
 
 class VectorIndex(Protocol):
-    # True where a search is a call into an engine inside this process that holds the GIL until it returns (Qdrant
-    # Edge): the API then searches on its event loop, since a pool thread would add a hand-off and free nothing.
-    # False for an engine reached over the network, whose searches wait on I/O and must stay off the loop.
-    searches_in_process: bool
-
     def ensure_ready(self, dimension: int) -> None:
         """Create the collection and its payload indexes if they do not exist."""
 
@@ -68,6 +63,17 @@ class VectorIndex(Protocol):
     ) -> list[SearchHit]:
         """The `limit` best live chunks among those the principal may read, best first: nearest to `vector`
         (dense), best BM25 match of `text` (sparse), or both fused by reciprocal rank (hybrid)."""
+
+    async def search_async(
+        self,
+        principal: Principal,
+        vector: Sequence[float],
+        limit: int,
+        *,
+        mode: SearchMode = SearchMode.DENSE,
+        text: str = "",
+    ) -> list[SearchHit]:
+        """`search` for a coroutine on the API's event loop, which it must not block while the engine works."""
 
     def optimize(self) -> bool:
         """Build the engine's search index over what was written since the last build, where the engine

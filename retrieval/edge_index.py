@@ -90,8 +90,6 @@ def _sparse(terms: SparseTerms) -> edge.SparseVector:
 class EdgeIndex:
     """VectorIndex on Qdrant Edge. Engine errors surface as Unavailable."""
 
-    searches_in_process = True  # qdrant-edge-py 0.9.0 holds the GIL through every call
-
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.RLock()  # publish's two steps run with no query between them
@@ -234,6 +232,19 @@ class EdgeIndex:
         with self._lock:
             points = self._guard(lambda: self.shard.query(request))
         return newest_versions_only([search_hit(p.payload or {}, p.score) for p in points])
+
+    async def search_async(
+        self,
+        principal: Principal,
+        vector: Sequence[float],
+        limit: int,
+        *,
+        mode: SearchMode = SearchMode.DENSE,
+        text: str = "",
+    ) -> list[SearchHit]:
+        """Searched on the caller's loop: qdrant-edge-py 0.9.0 holds the GIL through the call, so a pool thread
+        would only add a hand-off. The server hosts the shard in a process of its own (retrieval/edge_host.py)."""
+        return self.search(principal, vector, limit, mode=mode, text=text)
 
     def _scroll(self, **options: Any) -> Iterator[Any]:
         """Every point the scroll options select, a page at a time (the lock held for a page, not the walk)."""

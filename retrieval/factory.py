@@ -6,7 +6,7 @@ from typing import assert_never, get_args
 
 from core.index import VectorIndex
 from core.settings import Settings
-from retrieval.edge_index import EdgeIndex
+from retrieval.edge_host import EdgeHost
 from retrieval.qdrant_index import CollectionOptions, QdrantIndex
 
 SERVER_ENGINE = "qdrant-server"  # a Qdrant server, chosen by TESSERA_QDRANT_URL rather than by engine name
@@ -38,7 +38,7 @@ def create_index(settings: Settings) -> VectorIndex:
             settings.collection, url=settings.qdrant_url, api_key=api_key, options=collection_options(settings)
         )
     if settings.embedded_engine == "edge":
-        return EdgeIndex(settings.edge_path)
+        return EdgeHost(settings.edge_path)
     if settings.embedded_engine == "qdrant-local":
         return QdrantIndex(settings.collection, path=settings.qdrant_path)
     assert_never(settings.embedded_engine)  # a new engine in Settings must get a branch here

@@ -18,6 +18,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import anyio.to_thread
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
@@ -71,10 +72,6 @@ class CollectionOptions:
 
 class QdrantIndex:
     """VectorIndex on qdrant-client. Errors reaching the engine surface as Unavailable."""
-
-    # A server is asked over the network; qdrant-client's local mode (small tests) is pure-Python brute force,
-    # slow enough at any size to stall the API's event loop.
-    searches_in_process = False
 
     def __init__(
         self,
@@ -269,6 +266,20 @@ class QdrantIndex:
             search = partial(search, query=list(vector), search_params=params)
         response = self._call(partial(search, with_payload=True))
         return newest_versions_only([search_hit(point.payload or {}, point.score) for point in response.points])
+
+    async def search_async(
+        self,
+        principal: Principal,
+        vector: Sequence[float],
+        limit: int,
+        *,
+        mode: SearchMode = SearchMode.DENSE,
+        text: str = "",
+    ) -> list[SearchHit]:
+        """On a pool thread: a server is asked over the network, and local mode (small tests) is a pure-Python
+        scan slow enough at any size to stall the loop."""
+        search = partial(self.search, principal, vector, limit, mode=mode, text=text)
+        return await anyio.to_thread.run_sync(search)
 
     def optimize(self) -> bool:
         """Nothing to do: a Qdrant server's optimizer builds HNSW segments in the background, and local mode

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
 
-import anyio.to_thread
 import tiktoken
 
 from core.access import Principal
@@ -50,12 +48,11 @@ class Retriever:
         self, principal: Principal, question: str, top_k: int, max_context_tokens: int, mode: SearchMode
     ) -> QueryResult:
         """Search and build the prompt, for a coroutine on the API's event loop. It awaits the embedding (shared
-        model calls on another thread) and, for an engine over the network, the search on a pool thread; an
-        in-process engine is searched on the loop itself (VectorIndex.searches_in_process), and the prompt is
-        built there (Python and tiktoken, no I/O). Under 16 clients at 100k chunks that answered 202.6 against
-        184.7 queries/s (medians of three alternated runs), p95 96-104 against 118-131 ms, than the whole query on a
-        pool thread (docs/performance.md)."""
+        model calls on another thread) and the search (the engine's own way: Qdrant Edge's process answers the
+        loop itself, a Qdrant server is asked from a pool thread); the prompt is built on the loop (Python and
+        tiktoken, no I/O). Under 16 clients at 100k chunks that answered 202.6 against 184.7 queries/s (medians of
+        three alternated runs), p95 96-104 against 118-131 ms, than the whole query on a pool thread
+        (docs/performance.md)."""
         vector = [] if mode is SearchMode.SPARSE else (await self.embedder.encode_async([question]))[0].tolist()
-        search = partial(self.index.search, principal, vector, top_k, mode=mode, text=question)
-        hits = search() if self.index.searches_in_process else await anyio.to_thread.run_sync(search)
+        hits = await self.index.search_async(principal, vector, top_k, mode=mode, text=question)
         return QueryResult(hits=hits, prompt=build_prompt(question, hits, max_context_tokens, self.encoding))

@@ -5,7 +5,8 @@ What is measured here, and why:
   waits after `tessera serve` (interpreter, imports, model load, index open, worker start, first embedding);
   the issue asks for at most 10 s. The time to the first healthy /healthz is kept beside it;
 - peak RSS: VmHWM of the server process (and of any children), read from /proc just before it is stopped. In
-  the embedded default the API and the ingestion worker are one process, so this is the peak of both;
+  the embedded default the API and the ingestion worker are one process, so this is the peak of both; its
+  children are the parse sandbox and Qdrant Edge's process (retrieval/edge_host.py), summed apart;
 - index size: the bytes allocated on disk by every file under the index directory, after the server stopped
   (its write-ahead log flushed), and their apparent size (preallocated sparse files included).
 """
@@ -44,7 +45,7 @@ class ServerStats:
     cold_start_s: float  # launch -> first answered query
     healthy_s: float  # launch -> /healthz answers
     peak_rss_bytes: int  # VmHWM of the server process
-    children_peak_rss_bytes: int  # VmHWM summed over its child processes (0 in the embedded default)
+    children_peak_rss_bytes: int  # VmHWM summed over its child processes (parse sandbox, Edge's process)
     index_bytes: int  # allocated on disk
     index_apparent_bytes: int  # the files' sizes, preallocated space included
     index_path: str

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from qdrant_client import QdrantClient
 
-from retrieval.edge_index import EdgeIndex
+from retrieval.edge_host import EdgeHost
 from retrieval.factory import SERVER_ENGINE, engine_of, engines
 from retrieval.qdrant_index import QdrantIndex
 from tests.helpers import auth, query, settings_for, upload, wait_final
@@ -152,7 +152,7 @@ def test_the_service_runs_on_the_backend_it_is_named_for(service: Served, backen
     assert engine_of(service.runtime.settings) == backend
     index = service.runtime.index
     if backend == "edge":
-        assert isinstance(index, EdgeIndex)
+        assert isinstance(index, EdgeHost)  # Qdrant Edge, hosted in a child process
     else:
         assert isinstance(index, QdrantIndex) and index.embedded is (backend == "qdrant-local")
 

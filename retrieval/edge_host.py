@@ -1,0 +1,452 @@
+"""Qdrant Edge in a child process of its own: the embedded default's VectorIndex.
+
+qdrant-edge-py holds the GIL through every call (a search, an upsert, the minutes of an HNSW build), so in the
+server's process each search stopped every other request's Python for its 1-2 ms: under 16 clients at 100k chunks
+the engine's calls were 47 % of the samples in which the GIL was held (py-spy). Here the shard lives in a child,
+with its own GIL, and the server's threads and event loop wait for its answers on a socket, holding nothing.
+16 clients at 100k chunks, alternated runs: 289-296 against 222-233 queries/s (docs/performance.md).
+
+The child serves one request at a time, in the order they arrive, from any of its sockets: one for blocking
+callers (ingestion threads, the CLI), taken in turn under a lock, and one per event loop that awaits searches
+(`search_async`), read by the loop itself so that an answer costs no hop between threads. A loop's socket is made
+when the loop first asks and handed to the child over the blocking one (SCM_RIGHTS).
+
+The child ends with the server: when the server's end of the blocking socket closes (a clean close, or the server's
+death, which closes every descriptor it held), it finishes the request in hand, closes the shard and exits. Not
+PR_SET_PDEATHSIG, which fires when the *thread* that started the child ends, and a restart may come from any pool
+thread. It ignores SIGINT, which a terminal sends to the server's whole process group: the server's shutdown still
+needs it. If it dies first, what was waiting for it fails with Unavailable and the next call starts a new one on
+the same directory (Edge's write-ahead log keeps every write it acknowledged).
+
+Requests and answers are pickles between two processes of this program, never from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from core.access import Principal
+from core.errors import Unavailable
+from core.index import SearchMode
+from core.records import ChunkPoint, SearchHit, StoredChunk, StoredVector
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!Q")  # each frame: its length, then a pickle
+_ATTACH = "attach"  # a request that carries a new socket for the child to serve
+_STOP_TIMEOUT_S = 30.0  # close flushes the shard
+# What a parent may ask of the child's EdgeIndex: the VectorIndex methods, nothing else.
+_METHODS = frozenset(
+    {
+        "ensure_ready",
+        "upsert",
+        "publish",
+        "set_acl",
+        "delete_document",
+        "delete_version",
+        "count_document",
+        "chunks",
+        "check",
+        "search",
+        "optimize",
+        "vectors",
+    }
+)
+
+
+def _frame(payload: Any) -> bytes:
+    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+_ids = itertools.count(1)  # request ids, unique in this process: an answer must name the request it answers
+
+
+class _OutOfStep(Exception):
+    """An answer that names another request than the one it should answer."""
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise EOFError
+        chunks += chunk
+    return bytes(chunks)
+
+
+class _Child:
+    """One child process and the blocking socket to it."""
+
+    def __init__(self, path: Path) -> None:
+        parent_end, child_end = socket.socketpair()
+        root = str(Path(__file__).resolve().parents[1])  # where `retrieval` is importable from
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "retrieval.edge_host", str(child_end.fileno()), str(path)],
+            pass_fds=[child_end.fileno()],
+            env=environment,
+        )
+        child_end.close()
+        self.sock = parent_end  # blocking, with no timeout: a call may be an HNSW build of minutes
+        self.lock = threading.Lock()  # one blocking request on the socket at a time
+        self.alive = True
+
+    def describe_exit(self) -> str:
+        code = self.process.poll()
+        return "still running" if code is None else f"exit status {code}"
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], fds: Sequence[int] = ()) -> Any:
+        request_id = next(_ids)
+        with self.lock:
+            if not self.alive:
+                raise Unavailable(f"the vector index process ended ({self.describe_exit()})")
+            try:
+                frame = _frame((request_id, method, args, kwargs))
+                if fds:
+                    socket.send_fds(self.sock, [frame], list(fds))
+                else:
+                    self.sock.sendall(frame)
+                (size,) = _HEADER.unpack(_receive_exactly(self.sock, _HEADER.size))
+                answered_id, succeeded, value = pickle.loads(_receive_exactly(self.sock, size))
+                if answered_id != request_id:
+                    raise _OutOfStep(f"request {request_id} was answered for request {answered_id}")
+            except (OSError, EOFError, _OutOfStep) as exc:
+                self.alive = False
+                raise Unavailable(f"the vector index process ended ({self.describe_exit()}): {exc!r}") from exc
+            except BaseException:
+                # Interrupted between a request and its answer (KeyboardInterrupt, say): the answer would be read
+                # as the next caller's. This child serves nobody again; the next call starts another.
+                self.alive = False
+                raise
+        if not succeeded:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        self.alive = False
+        self.sock.close()  # the child sees the end of its blocking socket, closes the shard and exits
+        try:
+            self.process.wait(_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("the vector index process did not stop in %.0fs; killing it", _STOP_TIMEOUT_S)
+            self.process.kill()
+            self.process.wait()
+
+
+class _LoopChannel:
+    """One event loop's socket to the child, read and written by the loop itself (no transport: a loop that ends
+    leaves nothing half-open behind; the host closes the socket). The child answers a socket's requests in order,
+    so each answer belongs to the oldest request still waiting."""
+
+    def __init__(self, child: _Child, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.child = child
+        self.loop = loop
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.waiting: collections.deque[tuple[int, asyncio.Future[Any]]] = collections.deque()
+        self.incoming = bytearray()
+        self.outgoing = bytearray()
+        self.lost: Exception | None = None
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._end(Unavailable(f"the vector index process ended ({self.child.describe_exit()})"))
+            return
+        self.incoming += data
+        while len(self.incoming) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self.incoming)
+            end = _HEADER.size + size
+            if len(self.incoming) < end:
+                return
+            answered_id, succeeded, value = pickle.loads(self.incoming[_HEADER.size : end])
+            del self.incoming[:end]
+            request_id, future = self.waiting.popleft()
+            if answered_id != request_id:  # never hand a caller another request's answer
+                self.waiting.appendleft((request_id, future))
+                self._end(Unavailable(f"the vector index process answered request {answered_id} for {request_id}"))
+                return
+            if future.done():  # its caller was cancelled and waits no more
+                continue
+            if succeeded:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def _write(self, frame: bytes) -> None:
+        if not self.outgoing:
+            with contextlib.suppress(BlockingIOError):
+                frame = frame[self.sock.send(frame) :]
+            if not frame:
+                return
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+        self.outgoing += frame
+
+    def _writable(self) -> None:
+        try:
+            del self.outgoing[: self.sock.send(self.outgoing)]
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._end(Unavailable(f"the vector index process ended ({self.child.describe_exit()}): {exc!r}"))
+            return
+        if not self.outgoing:
+            self.loop.remove_writer(self.sock.fileno())
+
+    def _end(self, error: Exception, *, child_ended: bool = True) -> None:
+        """On the loop: stop reading and writing, close the socket, fail every caller still waiting."""
+        if self.lost is None:
+            self.lost = error
+            self.child.alive = self.child.alive and not child_ended
+            if not self.loop.is_closed():
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.remove_writer(self.sock.fileno())
+            self.sock.close()
+        while self.waiting:
+            _, future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(self.lost)
+
+    def close(self) -> None:
+        """Close from any thread: on the loop while it runs, else here (nothing will read the socket now)."""
+        end = partial(self._end, Unavailable("the vector index was closed"), child_ended=False)
+        if self.loop.is_running() and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(end)
+        else:
+            end()
+
+    async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.lost is not None:
+            raise self.lost
+        request_id = next(_ids)
+        future = self.loop.create_future()
+        self.waiting.append((request_id, future))
+        self._write(_frame((request_id, method, args, kwargs)))
+        return await future
+
+
+class EdgeHost:
+    """VectorIndex on Qdrant Edge in a child process (see the module's docstring). Errors the engine raises in
+    the child arrive as the same exceptions; a child that dies fails what waited for it with Unavailable."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # guards the child's (re)start and the loops' channels
+        self._child: _Child | None = None
+        # Each loop's channel, as the task that makes it: callers that arrive while it is being made await it too.
+        self._channels: dict[asyncio.AbstractEventLoop, asyncio.Task[_LoopChannel]] = {}
+        self._closed = False
+        self._running()  # start the child now: it imports and loads the shard while the server loads the rest
+
+    def _running(self) -> _Child:
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the vector index is closed")
+            child = self._child
+            if child is None or not child.alive:
+                if child is not None:
+                    log.warning("the vector index process ended (%s); starting another", child.describe_exit())
+                    child.stop()
+                    self._drop_channels()
+                child = self._child = _Child(self.path)
+            return child
+
+    def _drop_channels(self) -> None:
+        for making in self._channels.values():
+            self._drop_channel(making)
+        self._channels.clear()
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._running().call(method, args, kwargs)
+
+    async def _channel(self) -> _LoopChannel:
+        loop = asyncio.get_running_loop()
+        child = self._running()
+        with self._lock:
+            making = self._channels.get(loop)
+            if making is not None and making.done():
+                made = None if making.cancelled() or making.exception() else making.result()
+                if made is None or made.child is not child or made.lost is not None:
+                    if made is not None:
+                        made.close()
+                    making = None
+            if making is None:
+                for gone in [other for other in self._channels if other.is_closed()]:  # loops that have ended
+                    self._drop_channel(self._channels.pop(gone))
+                making = self._channels[loop] = loop.create_task(self._attach(child, loop))
+        return await asyncio.shield(making)
+
+    @staticmethod
+    def _drop_channel(making: asyncio.Task[_LoopChannel]) -> None:
+        if making.done() and not making.cancelled() and making.exception() is None:
+            making.result().close()
+
+    @staticmethod
+    async def _attach(child: _Child, loop: asyncio.AbstractEventLoop) -> _LoopChannel:
+        """A new socket to the child for this loop, handed to it over the blocking socket."""
+        ours, theirs = socket.socketpair()
+        try:  # on a pool thread: the blocking socket may be busy with another caller's write
+            await loop.run_in_executor(None, partial(child.call, _ATTACH, (), {}, fds=[theirs.fileno()]))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return _LoopChannel(child, loop, ours)
+
+    def ensure_ready(self, dimension: int) -> None:
+        self._call("ensure_ready", dimension)
+
+    def upsert(self, points: Sequence[ChunkPoint]) -> None:
+        self._call("upsert", list(points))
+
+    def publish(self, tenant: str, document_id: str, version: int, chunk_count: int) -> None:
+        self._call("publish", tenant, document_id, version, chunk_count)
+
+    def set_acl(self, tenant: str, document_id: str, acl_tokens: Sequence[str]) -> None:
+        self._call("set_acl", tenant, document_id, list(acl_tokens))
+
+    def delete_document(self, tenant: str, document_id: str) -> None:
+        self._call("delete_document", tenant, document_id)
+
+    def delete_version(self, tenant: str, document_id: str, version: int, from_chunk: int = 0) -> None:
+        self._call("delete_version", tenant, document_id, version, from_chunk)
+
+    def count_document(self, tenant: str, document_id: str, version: int | None = None) -> int:
+        return int(self._call("count_document", tenant, document_id, version))
+
+    def chunks(self) -> list[StoredChunk]:
+        return list(self._call("chunks"))
+
+    def check(self) -> None:
+        self._call("check")
+
+    def search(
+        self,
+        principal: Principal,
+        vector: Sequence[float],
+        limit: int,
+        *,
+        mode: SearchMode = SearchMode.DENSE,
+        text: str = "",
+    ) -> list[SearchHit]:
+        return list(self._call("search", principal, list(vector), limit, mode=mode, text=text))
+
+    async def search_async(
+        self,
+        principal: Principal,
+        vector: Sequence[float],
+        limit: int,
+        *,
+        mode: SearchMode = SearchMode.DENSE,
+        text: str = "",
+    ) -> list[SearchHit]:
+        channel = await self._channel()
+        return list(await channel.call("search", (principal, list(vector), limit), {"mode": mode, "text": text}))
+
+    def optimize(self) -> bool:
+        return bool(self._call("optimize"))
+
+    def vectors(self, tenant: str) -> list[StoredVector]:
+        return list(self._call("vectors", tenant))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            child, self._child = self._child, None
+            self._drop_channels()
+        if child is not None:
+            child.stop()
+
+
+# The child.
+
+
+def _serve(sock: socket.socket, path: Path) -> None:
+    """Answer requests from the blocking socket and every socket attached through it, one at a time, until the
+    blocking socket closes; then close the shard."""
+    from retrieval.edge_index import EdgeIndex  # here: the server's import of this module does not need it
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    index = EdgeIndex(path)
+    selector = selectors.DefaultSelector()
+    buffers: dict[socket.socket, bytearray] = {sock: bytearray()}
+    selector.register(sock, selectors.EVENT_READ)
+    try:
+        while True:
+            for key, _ in selector.select():
+                peer: socket.socket = key.fileobj  # type: ignore[assignment]
+                if peer is sock:
+                    data, fds, _, _ = socket.recv_fds(peer, 1 << 20, 4)
+                else:
+                    data, fds = peer.recv(1 << 20), []
+                if not data:
+                    if peer is sock:
+                        return
+                    selector.unregister(peer)
+                    peer.close()
+                    del buffers[peer]
+                    continue
+                for fd in fds:
+                    attached = socket.socket(fileno=fd)
+                    attached.setblocking(True)
+                    buffers[attached] = bytearray()
+                    selector.register(attached, selectors.EVENT_READ)
+                buffer = buffers[peer]
+                buffer += data
+                while len(buffer) >= _HEADER.size:
+                    (size,) = _HEADER.unpack_from(buffer)
+                    if len(buffer) < _HEADER.size + size:
+                        break
+                    request_id, method, args, kwargs = pickle.loads(buffer[_HEADER.size : _HEADER.size + size])
+                    del buffer[: _HEADER.size + size]
+                    try:
+                        peer.sendall(_reply(index, request_id, method, args, kwargs))
+                    except OSError:  # that caller's socket closed (its loop ended): the others go on
+                        break
+    finally:
+        index.close()
+
+
+def _reply(index: Any, request_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    if method == _ATTACH:
+        return _frame((request_id, True, None))
+    try:
+        if method not in _METHODS:
+            raise ValueError(f"the vector index process does not do {method!r}")
+        outcome: tuple[int, bool, Any] = (request_id, True, getattr(index, method)(*args, **kwargs))
+    except Exception as exc:  # sent to the caller, who raises it
+        outcome = (request_id, False, exc)
+    try:
+        return _frame(outcome)
+    except Exception as exc:  # an exception that does not pickle still reaches its caller, as Unavailable
+        return _frame((request_id, False, Unavailable(f"the vector index failed: {outcome[2]!r} ({exc!r})")))
+
+
+if __name__ == "__main__":
+    _serve(socket.socket(fileno=int(sys.argv[1])), Path(sys.argv[2]))
