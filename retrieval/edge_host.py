@@ -4,12 +4,16 @@ qdrant-edge-py holds the GIL through every call (a search, an upsert, the minute
 server's process each search stopped every other request's Python for its 1-2 ms: under 16 clients at 100k chunks
 the engine's calls were 47 % of the samples in which the GIL was held (py-spy). Here the shard lives in a child,
 with its own GIL, and the server's threads and event loop wait for its answers on a socket, holding nothing.
-16 clients at 100k chunks, alternated runs: 289-296 against 222-233 queries/s (docs/performance.md).
+16 clients at 100k chunks, alternated runs: 276/246 against 208/185 queries/s (docs/performance.md).
 
 The child serves one request at a time, in the order they arrive, from any of its sockets: one for blocking
 callers (ingestion threads, the CLI), taken in turn under a lock, and one per event loop that awaits searches
 (`search_async`), read by the loop itself so that an answer costs no hop between threads. A loop's socket is made
-when the loop first asks and handed to the child over the blocking one (SCM_RIGHTS).
+when the loop first asks and handed to the child over the blocking one (SCM_RIGHTS); the child writes to it without
+blocking, so a loop that stalls or has ended holds up nobody else, and the host closes it once the loop has ended.
+Every request carries an id and its answer names it: an answer that names another request fails every caller
+waiting on that socket with Unavailable, never reaching the wrong one; an answer that cannot be read fails its own
+caller only.
 
 The child ends with the server: when the server's end of the blocking socket closes (a clean close, or the server's
 death, which closes every descriptor it held), it finishes the request in hand, closes the shard and exits. Not
@@ -37,7 +41,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -83,6 +87,16 @@ class _OutOfStep(Exception):
     """An answer that names another request than the one it should answer."""
 
 
+def _unpickled(data: bytes | bytearray) -> tuple[int | None, bool, Any]:
+    """An answer frame's (request id, succeeded, value). One that does not unpickle is still one answer, the next
+    in order: (None, False, Unavailable), and the caller it belongs to gets the Unavailable."""
+    try:
+        answer: tuple[int, bool, Any] = pickle.loads(data)
+    except Exception as exc:
+        return None, False, Unavailable(f"the vector index sent an answer that cannot be read: {exc!r}")
+    return answer
+
+
 def _receive_exactly(sock: socket.socket, size: int) -> bytes:
     chunks = bytearray()
     while len(chunks) < size:
@@ -116,18 +130,18 @@ class _Child:
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], fds: Sequence[int] = ()) -> Any:
         request_id = next(_ids)
+        frame = _frame((request_id, method, args, kwargs))  # a request that does not pickle fails here, alone
         with self.lock:
             if not self.alive:
                 raise Unavailable(f"the vector index process ended ({self.describe_exit()})")
             try:
-                frame = _frame((request_id, method, args, kwargs))
                 if fds:
                     socket.send_fds(self.sock, [frame], list(fds))
                 else:
                     self.sock.sendall(frame)
                 (size,) = _HEADER.unpack(_receive_exactly(self.sock, _HEADER.size))
-                answered_id, succeeded, value = pickle.loads(_receive_exactly(self.sock, size))
-                if answered_id != request_id:
+                answered_id, succeeded, value = _unpickled(_receive_exactly(self.sock, size))
+                if answered_id not in (request_id, None):
                     raise _OutOfStep(f"request {request_id} was answered for request {answered_id}")
             except (OSError, EOFError, _OutOfStep) as exc:
                 self.alive = False
@@ -184,10 +198,10 @@ class _LoopChannel:
             end = _HEADER.size + size
             if len(self.incoming) < end:
                 return
-            answered_id, succeeded, value = pickle.loads(self.incoming[_HEADER.size : end])
+            answered_id, succeeded, value = _unpickled(self.incoming[_HEADER.size : end])
             del self.incoming[:end]
             request_id, future = self.waiting.popleft()
-            if answered_id != request_id:  # never hand a caller another request's answer
+            if answered_id not in (request_id, None):  # never hand a caller another request's answer
                 self.waiting.appendleft((request_id, future))
                 self._end(Unavailable(f"the vector index process answered request {answered_id} for {request_id}"))
                 return
@@ -200,8 +214,13 @@ class _LoopChannel:
 
     def _write(self, frame: bytes) -> None:
         if not self.outgoing:
-            with contextlib.suppress(BlockingIOError):
+            try:
                 frame = frame[self.sock.send(frame) :]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._end(Unavailable(f"the vector index process ended ({self.child.describe_exit()}): {exc!r}"))
+                return
             if not frame:
                 return
             self.loop.add_writer(self.sock.fileno(), self._writable)
@@ -230,23 +249,33 @@ class _LoopChannel:
         while self.waiting:
             _, future = self.waiting.popleft()
             if not future.done():
-                future.set_exception(self.lost)
+                with contextlib.suppress(RuntimeError):  # a loop that has closed runs no callback again
+                    future.set_exception(self.lost)
 
     def close(self) -> None:
-        """Close from any thread: on the loop while it runs, else here (nothing will read the socket now)."""
+        """Close from any thread: here when called on the loop or when the loop no longer runs (nothing else will
+        read the socket then), else handed to the loop, which owns the socket while it runs."""
         end = partial(self._end, Unavailable("the vector index was closed"), child_ended=False)
-        if self.loop.is_running() and not self.loop.is_closed():
+        try:
+            on_the_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_the_loop = False
+        if on_the_loop or not self.loop.is_running():
+            end()
+            return
+        try:
             self.loop.call_soon_threadsafe(end)
-        else:
+        except RuntimeError:  # the loop closed in between: nothing reads the socket now
             end()
 
     async def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.lost is not None:
             raise self.lost
         request_id = next(_ids)
+        frame = _frame((request_id, method, args, kwargs))  # a request that does not pickle fails here, alone
         future = self.loop.create_future()
         self.waiting.append((request_id, future))
-        self._write(_frame((request_id, method, args, kwargs)))
+        self._write(frame)
         return await future
 
 
@@ -264,6 +293,8 @@ class EdgeHost:
         self._running()  # start the child now: it imports and loads the shard while the server loads the rest
 
     def _running(self) -> _Child:
+        """The child, started anew if it has ended: the old one stopped first, since one process holds the
+        directory (it stops at once: it writes to no socket it could wait on but the blocking one)."""
         with self._lock:
             if self._closed:
                 raise Unavailable("the vector index is closed")
@@ -271,8 +302,8 @@ class EdgeHost:
             if child is None or not child.alive:
                 if child is not None:
                     log.warning("the vector index process ended (%s); starting another", child.describe_exit())
-                    child.stop()
                     self._drop_channels()
+                    child.stop()
                 child = self._child = _Child(self.path)
             return child
 
@@ -286,7 +317,9 @@ class EdgeHost:
 
     async def _channel(self) -> _LoopChannel:
         loop = asyncio.get_running_loop()
-        child = self._running()
+        child = self._child
+        if child is None or not child.alive:  # a (re)start waits for a process: not on the loop
+            child = await loop.run_in_executor(None, self._running)
         with self._lock:
             making = self._channels.get(loop)
             if making is not None and making.done():
@@ -310,13 +343,18 @@ class EdgeHost:
     async def _attach(child: _Child, loop: asyncio.AbstractEventLoop) -> _LoopChannel:
         """A new socket to the child for this loop, handed to it over the blocking socket."""
         ours, theirs = socket.socketpair()
-        try:  # on a pool thread: the blocking socket may be busy with another caller's write
-            await loop.run_in_executor(None, partial(child.call, _ATTACH, (), {}, fds=[theirs.fileno()]))
+
+        def attach() -> None:  # on a pool thread: the blocking socket may be busy with another caller's write
+            try:
+                child.call(_ATTACH, (), {}, fds=[theirs.fileno()])
+            finally:
+                theirs.close()  # here, not in the coroutine: a cancelled one must not close it before it is sent
+
+        try:
+            await loop.run_in_executor(None, attach)
         except BaseException:
-            ours.close()
+            ours.close()  # the child, if it got the other end, sees it close and forgets it
             raise
-        finally:
-            theirs.close()
         return _LoopChannel(child, loop, ours)
 
     def ensure_ready(self, dimension: int) -> None:
@@ -379,56 +417,105 @@ class EdgeHost:
         with self._lock:
             self._closed = True
             child, self._child = self._child, None
-            self._drop_channels()
-        if child is not None:
-            child.stop()
+            try:
+                self._drop_channels()
+            finally:
+                if child is not None:
+                    child.stop()
 
 
 # The child.
 
 
+class _Peer:
+    """One socket the child serves: requests read into `incoming`; answers queued in `outgoing` where the socket
+    is an event loop's (non-blocking: a loop that stalls or has ended must not stop the child serving the others)."""
+
+    def __init__(self, sock: socket.socket, *, blocking: bool) -> None:
+        self.sock = sock
+        self.blocking = blocking
+        sock.setblocking(blocking)
+        self.incoming = bytearray()
+        self.outgoing = bytearray()
+
+    def requests(self) -> Iterator[tuple[int, str, tuple[Any, ...], dict[str, Any]]]:
+        while len(self.incoming) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(self.incoming)
+            if len(self.incoming) < _HEADER.size + size:
+                return
+            request = pickle.loads(self.incoming[_HEADER.size : _HEADER.size + size])
+            del self.incoming[: _HEADER.size + size]
+            yield request
+
+    def send(self, frame: bytes) -> None:
+        """Send or queue an answer; OSError when the other end is gone."""
+        if self.blocking:
+            self.sock.sendall(frame)  # the server reads it at once: its caller waits for it
+            return
+        self.outgoing += frame
+        self.flush()
+
+    def flush(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self.outgoing:
+                del self.outgoing[: self.sock.send(self.outgoing)]
+
+
 def _serve(sock: socket.socket, path: Path) -> None:
     """Answer requests from the blocking socket and every socket attached through it, one at a time, until the
-    blocking socket closes; then close the shard."""
+    blocking socket closes; then close the shard. An attached socket whose other end is gone is forgotten."""
     from retrieval.edge_index import EdgeIndex  # here: the server's import of this module does not need it
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     index = EdgeIndex(path)
     selector = selectors.DefaultSelector()
-    buffers: dict[socket.socket, bytearray] = {sock: bytearray()}
-    selector.register(sock, selectors.EVENT_READ)
+    main = _Peer(sock, blocking=True)
+    selector.register(sock, selectors.EVENT_READ, main)
+
+    def forget(peer: _Peer) -> None:
+        selector.unregister(peer.sock)
+        peer.sock.close()
+
     try:
         while True:
-            for key, _ in selector.select():
-                peer: socket.socket = key.fileobj  # type: ignore[assignment]
-                if peer is sock:
-                    data, fds, _, _ = socket.recv_fds(peer, 1 << 20, 4)
-                else:
-                    data, fds = peer.recv(1 << 20), []
-                if not data:
-                    if peer is sock:
-                        return
-                    selector.unregister(peer)
-                    peer.close()
-                    del buffers[peer]
-                    continue
-                for fd in fds:
-                    attached = socket.socket(fileno=fd)
-                    attached.setblocking(True)
-                    buffers[attached] = bytearray()
-                    selector.register(attached, selectors.EVENT_READ)
-                buffer = buffers[peer]
-                buffer += data
-                while len(buffer) >= _HEADER.size:
-                    (size,) = _HEADER.unpack_from(buffer)
-                    if len(buffer) < _HEADER.size + size:
-                        break
-                    request_id, method, args, kwargs = pickle.loads(buffer[_HEADER.size : _HEADER.size + size])
-                    del buffer[: _HEADER.size + size]
+            for key, events in selector.select():
+                peer: _Peer = key.data
+                if events & selectors.EVENT_WRITE:
                     try:
-                        peer.sendall(_reply(index, request_id, method, args, kwargs))
-                    except OSError:  # that caller's socket closed (its loop ended): the others go on
-                        break
+                        peer.flush()
+                    except OSError:
+                        forget(peer)
+                        continue
+                if events & selectors.EVENT_READ:
+                    try:
+                        if peer is main:
+                            data, fds, _, _ = socket.recv_fds(peer.sock, 1 << 20, 4)
+                        else:
+                            data, fds = peer.sock.recv(1 << 20), []
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data, fds = b"", []
+                    if not data:
+                        if peer is main:
+                            return
+                        forget(peer)
+                        continue
+                    for fd in fds:
+                        attached = _Peer(socket.socket(fileno=fd), blocking=False)
+                        selector.register(attached.sock, selectors.EVENT_READ, attached)
+                    peer.incoming += data
+                    try:
+                        for request in peer.requests():
+                            peer.send(_reply(index, *request))
+                    except OSError:  # its other end is gone (a loop that ended)
+                        if peer is main:
+                            return
+                        forget(peer)
+                        continue
+                wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if peer.outgoing else 0)
+                if wanted != key.events:
+                    selector.modify(peer.sock, wanted, peer)
     finally:
         index.close()
 
@@ -443,8 +530,11 @@ def _reply(index: Any, request_id: int, method: str, args: tuple[Any, ...], kwar
     except Exception as exc:  # sent to the caller, who raises it
         outcome = (request_id, False, exc)
     try:
-        return _frame(outcome)
-    except Exception as exc:  # an exception that does not pickle still reaches its caller, as Unavailable
+        frame = _frame(outcome)
+        if not outcome[1]:
+            pickle.loads(frame[_HEADER.size :])  # an exception must also unpickle on the other side
+        return frame
+    except Exception as exc:  # one that does not still reaches its caller, as Unavailable
         return _frame((request_id, False, Unavailable(f"the vector index failed: {outcome[2]!r} ({exc!r})")))
 
 

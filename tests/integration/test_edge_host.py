@@ -6,6 +6,7 @@ the loop has ended; closing frees the directory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import signal
@@ -104,7 +105,7 @@ def test_blocking_and_awaiting_callers_get_the_exact_filtered_answers(host: Edge
     async def concurrently() -> list[list[SearchHit]]:
         # Many searches in flight on one socket at once: each answer must reach its own caller.
         calls = [host.search_async(p, v, 5) for p in PRINCIPALS for v in queries]
-        return list(await asyncio.gather(*calls))
+        return list(await asyncio.wait_for(asyncio.gather(*calls), timeout=60))
 
     answers = asyncio.run(concurrently())
     asked = [(p, v) for p in PRINCIPALS for v in queries]
@@ -122,29 +123,41 @@ def test_blocking_and_awaiting_callers_get_the_exact_filtered_answers(host: Edge
 
 
 def test_writes_from_threads_and_searches_from_the_loop_interleave_correctly(host: EdgeHost) -> None:
-    """Threads re-share documents with 'dee' while the loop searches as her: every answer she gets holds only what
-    she may read at some moment, and once the writes are done she reads exactly the new set."""
+    """Threads re-share documents with 'dee' while the loop searches as every principal: the others, whose reads
+    the writes do not change, get their exact answers each time (an answer routed to the wrong caller would not
+    be); dee gets only what she may read at some moment, and once the writes are done exactly the new set."""
     shared_later = [p for p in POINTS if p.tenant == "acme" and "user:dee" not in p.acl_tokens][:12]
-    dee = PRINCIPALS[3]
+    dee, others = PRINCIPALS[3], [p for p in PRINCIPALS if p is not PRINCIPALS[3]]
     allowed = {p.document_id for p in POINTS if dee.may_read(p.tenant, p.acl_tokens)}
     ever_allowed = allowed | {p.document_id for p in shared_later}
+    queries = [p.vector for p in POINTS[:4]]
 
     def share(points: list[ChunkPoint]) -> None:
         for point in points:
             host.set_acl(point.tenant, point.document_id, [*point.acl_tokens, "user:dee"])
+            time.sleep(0.01)  # spread over the searches
 
     writers = [threading.Thread(target=share, args=(shared_later[i::3],)) for i in range(3)]
 
-    async def search_while_writing() -> list[list[SearchHit]]:
+    async def search_while_writing() -> tuple[int, int]:
         for writer in writers:
             writer.start()
-        answers = []
+        rounds = dee_answers = 0
         while any(writer.is_alive() for writer in writers):
-            answers.extend(await asyncio.gather(*[host.search_async(dee, p.vector, 20) for p in POINTS[:8]]))
-        return answers
+            asked = [(principal, vector) for principal in [dee, *others] for vector in queries]
+            calls = [host.search_async(principal, vector, 5) for principal, vector in asked]
+            answers = await asyncio.wait_for(asyncio.gather(*calls), timeout=60)
+            for (principal, vector), hits in zip(asked, answers, strict=True):
+                if principal is dee:
+                    assert {hit.document_id for hit in hits} <= ever_allowed
+                    dee_answers += 1
+                else:
+                    _check(principal, vector, hits)
+            rounds += 1
+        return rounds, dee_answers
 
-    for hits in asyncio.run(search_while_writing()):
-        assert {hit.document_id for hit in hits} <= ever_allowed
+    rounds, dee_answers = asyncio.run(search_while_writing())
+    assert rounds >= 1 and dee_answers >= len(queries)  # searches ran while the writes did
     for writer in writers:
         writer.join()
     final = {hit.document_id for hit in host.search(dee, POINTS[0].vector, 60)}
@@ -182,7 +195,7 @@ def test_a_child_that_dies_fails_its_waiting_callers_and_the_next_call_starts_an
         calls = [asyncio.ensure_future(host.search_async(principal, vector, 5)) for _ in range(4)]
         await asyncio.sleep(0.2)
         os.kill(first, signal.SIGKILL)
-        return list(await asyncio.gather(*calls, return_exceptions=True))
+        return list(await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=60))
 
     outcomes = asyncio.run(die_while_waiting())
     assert outcomes and all(isinstance(o, Unavailable) and "ended" in str(o) for o in outcomes), outcomes
@@ -192,18 +205,81 @@ def test_a_child_that_dies_fails_its_waiting_callers_and_the_next_call_starts_an
     _check(principal, vector, asyncio.run(host.search_async(principal, vector, 5)))
 
 
-def test_a_cancelled_caller_leaves_the_others_their_own_answers(host: EdgeHost) -> None:
+def test_a_caller_cancelled_after_its_request_was_sent_leaves_the_others_their_own_answers(host: EdgeHost) -> None:
+    reader = PRINCIPALS[2]
+
     async def cancel_one() -> list[list[SearchHit]]:
-        calls = [asyncio.ensure_future(host.search_async(PRINCIPALS[2], p.vector, 5)) for p in POINTS[:6]]
-        calls[2].cancel()
+        await host.search_async(reader, POINTS[0].vector, 5)  # the loop's socket is attached
+        pid = _child_pid(host)
+        os.kill(pid, signal.SIGSTOP)  # the requests are written but not answered yet
+        try:
+            calls = [asyncio.ensure_future(host.search_async(reader, p.vector, 5)) for p in POINTS[:6]]
+            await asyncio.sleep(0.1)
+            assert not any(call.done() for call in calls)
+            calls[2].cancel()
+        finally:
+            os.kill(pid, signal.SIGCONT)
         kept = [call for i, call in enumerate(calls) if i != 2]
-        again = await host.search_async(PRINCIPALS[2], POINTS[7].vector, 5)  # asked after the cancelled one
-        return [*(await asyncio.gather(*kept)), again]
+        again = await host.search_async(reader, POINTS[7].vector, 5)  # asked after the cancelled one
+        return [*(await asyncio.wait_for(asyncio.gather(*kept), timeout=60)), again]
 
     answers = asyncio.run(cancel_one())
     vectors = [p.vector for i, p in enumerate(POINTS[:6]) if i != 2] + [POINTS[7].vector]
     for vector, hits in zip(vectors, answers, strict=True):
-        _check(PRINCIPALS[2], vector, hits)
+        _check(reader, vector, hits)
+
+
+def test_a_loop_that_ends_with_answers_on_their_way_costs_the_others_nothing(host: EdgeHost) -> None:
+    """A loop that ends with many searches unanswered leaves the child their answers to write to a socket nobody
+    reads: the child keeps serving blocking callers and the next loop, with the same process."""
+    reader, vector = PRINCIPALS[2], POINTS[5].vector
+    pid = _child_pid(host)
+
+    async def leave_many_unanswered() -> list[asyncio.Future[list[SearchHit]]]:
+        await host.search_async(reader, vector, 5)
+        # ~1 MB of answers, more than a socket's buffer; the loop ends before it reads them.
+        unanswered = [asyncio.ensure_future(host.search_async(reader, vector, 50)) for _ in range(400)]
+        await asyncio.sleep(0)
+        return unanswered
+
+    with contextlib.suppress(Exception):
+        asyncio.run(leave_many_unanswered())
+    # A child stuck writing to the ended loop would never answer: bounded waits, so that fails rather than hangs.
+    _check(reader, vector, _within(30, host.search, reader, vector, 5))
+    _check(reader, vector, asyncio.run(asyncio.wait_for(host.search_async(reader, vector, 5), timeout=30)))
+    assert _child_pid(host) == pid
+
+
+def _within(seconds: float, call: Any, *args: Any) -> Any:
+    """call(*args) on a daemon thread; its result, or a failure if it takes longer than `seconds`."""
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(call(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert outcome, f"no answer in {seconds} s"
+    return outcome[0]
+
+
+def test_close_from_another_thread_while_the_loop_waits_ends_every_caller(host: EdgeHost) -> None:
+    reader, vector = PRINCIPALS[2], POINTS[6].vector
+    child = host._child
+    assert child is not None
+
+    async def searches_while_closing() -> list[BaseException | list[SearchHit]]:
+        await host.search_async(reader, vector, 5)
+        calls = [asyncio.ensure_future(host.search_async(reader, vector, 5)) for _ in range(32)]
+        closing = threading.Thread(target=host.close)
+        closing.start()
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=60)
+        await asyncio.to_thread(closing.join, 60)
+        return list(outcomes)
+
+    for outcome in asyncio.run(searches_while_closing()):
+        if isinstance(outcome, BaseException):
+            assert isinstance(outcome, Unavailable), outcome
+        else:
+            _check(reader, vector, outcome)
+    assert child.process.returncode == 0
 
 
 def test_each_event_loop_gets_a_socket_and_one_that_ended_has_it_closed(host: EdgeHost) -> None:
@@ -246,7 +322,7 @@ def test_the_child_ignores_a_terminals_interrupt_and_ends_when_its_server_dies(t
     server = subprocess.Popen(
         [sys.executable, "-c", _SERVER_SCRIPT, str(path)], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True
     )
-    try:
+    with server:
         assert server.stdout is not None
         child_pid = int(server.stdout.readline())
         os.kill(child_pid, signal.SIGINT)
@@ -258,10 +334,6 @@ def test_the_child_ignores_a_terminals_interrupt_and_ends_when_its_server_dies(t
         while _alive(child_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(child_pid)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
     direct = EdgeIndex(path)
     try:
         _check(PRINCIPALS[1], POINTS[5].vector, direct.search(PRINCIPALS[1], POINTS[5].vector, 5))
@@ -351,3 +423,22 @@ def test_an_answer_naming_another_request_is_never_handed_to_a_caller() -> None:
 
     outcomes = asyncio.run(answered_out_of_step())
     assert all(isinstance(outcome, Unavailable) for outcome in outcomes), outcomes
+
+
+def test_an_answer_that_cannot_be_read_fails_its_own_caller_only() -> None:
+    async def one_unreadable_answer() -> list[Any]:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            channel = _LoopChannel(_AnsweringPeer(), asyncio.get_running_loop(), ours)  # type: ignore[arg-type]
+            calls = [asyncio.ensure_future(channel.call("search", (i,), {})) for i in range(2)]
+            await asyncio.sleep(0.05)
+            _first, second = _requests(theirs, 2)
+            unreadable = b"not a pickle"
+            theirs.sendall(len(unreadable).to_bytes(8, "big") + unreadable + _frame((second[0], True, "second")))
+            outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10)
+            channel.close()
+            return list(outcomes)
+
+    first, second = asyncio.run(one_unreadable_answer())
+    assert isinstance(first, Unavailable) and "cannot be read" in str(first)
+    assert second == "second"
