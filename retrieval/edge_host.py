@@ -114,15 +114,25 @@ class _Child:
         parent_end, child_end = socket.socketpair()
         root = str(Path(__file__).resolve().parents[1])  # where `retrieval` is importable from
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "retrieval.edge_host", str(child_end.fileno()), str(path)],
-            pass_fds=[child_end.fileno()],
-            env=environment,
-        )
-        child_end.close()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "retrieval.edge_host", str(child_end.fileno()), str(path)],
+                pass_fds=[child_end.fileno()],
+                env=environment,
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
         self.sock = parent_end  # blocking, with no timeout: a call may be an HNSW build of minutes
         self.lock = threading.Lock()  # one blocking request on the socket at a time
         self.alive = True
+
+    def running(self) -> bool:
+        """Still usable: no error on its socket, and the process has not exited (a child that died while idle
+        is noticed here, before a caller's request would meet its closed socket)."""
+        return self.alive and self.process.poll() is None
 
     def describe_exit(self) -> str:
         code = self.process.poll()
@@ -157,7 +167,13 @@ class _Child:
 
     def stop(self) -> None:
         self.alive = False
-        self.sock.close()  # the child sees the end of its blocking socket, closes the shard and exits
+        # Shut down first: a caller blocked reading an answer wakes at once (Unavailable), and the child sees the
+        # end of its blocking socket, closes the shard and exits. Closed only then, under the lock, so that no
+        # caller is between loading the descriptor and using it.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with self.lock:
+            self.sock.close()
         try:
             self.process.wait(_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -207,10 +223,13 @@ class _LoopChannel:
                 return
             if future.done():  # its caller was cancelled and waits no more
                 continue
-            if succeeded:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+            try:
+                if succeeded:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            except Exception as exc:  # an exception a future refuses (StopIteration): the caller still hears
+                future.set_exception(Unavailable(f"the vector index failed: {value!r} ({exc!r})"))
 
     def _write(self, frame: bytes) -> None:
         if not self.outgoing:
@@ -299,7 +318,7 @@ class EdgeHost:
             if self._closed:
                 raise Unavailable("the vector index is closed")
             child = self._child
-            if child is None or not child.alive:
+            if child is None or not child.running():
                 if child is not None:
                     log.warning("the vector index process ended (%s); starting another", child.describe_exit())
                     self._drop_channels()
@@ -317,22 +336,31 @@ class EdgeHost:
 
     async def _channel(self) -> _LoopChannel:
         loop = asyncio.get_running_loop()
-        child = self._child
-        if child is None or not child.alive:  # a (re)start waits for a process: not on the loop
-            child = await loop.run_in_executor(None, self._running)
-        with self._lock:
-            making = self._channels.get(loop)
-            if making is not None and making.done():
-                made = None if making.cancelled() or making.exception() else making.result()
-                if made is None or made.child is not child or made.lost is not None:
-                    if made is not None:
-                        made.close()
-                    making = None
-            if making is None:
-                for gone in [other for other in self._channels if other.is_closed()]:  # loops that have ended
-                    self._drop_channel(self._channels.pop(gone))
-                making = self._channels[loop] = loop.create_task(self._attach(child, loop))
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise Unavailable("the vector index is closed")
+                child = self._child
+                if child is not None and child.running():
+                    making = self._channel_to(child, loop)
+                    break
+            await loop.run_in_executor(None, self._running)  # a (re)start waits for a process: not on the loop
         return await asyncio.shield(making)
+
+    def _channel_to(self, child: _Child, loop: asyncio.AbstractEventLoop) -> asyncio.Task[_LoopChannel]:
+        """Under the lock: this loop's channel to `child`, made (as a task) if it has none that works."""
+        making = self._channels.get(loop)
+        if making is not None and making.done():
+            made = None if making.cancelled() or making.exception() else making.result()
+            if made is None or made.child is not child or made.lost is not None:
+                if made is not None:
+                    made.close()
+                making = None
+        if making is None:
+            for gone in [other for other in self._channels if other.is_closed()]:  # loops that have ended
+                self._drop_channel(self._channels.pop(gone))
+            making = self._channels[loop] = loop.create_task(self._attach(child, loop))
+        return making
 
     @staticmethod
     def _drop_channel(making: asyncio.Task[_LoopChannel]) -> None:
@@ -343,8 +371,11 @@ class EdgeHost:
     async def _attach(child: _Child, loop: asyncio.AbstractEventLoop) -> _LoopChannel:
         """A new socket to the child for this loop, handed to it over the blocking socket."""
         ours, theirs = socket.socketpair()
+        claimed = threading.Lock()  # whoever takes it closes `theirs`: the job once it has run, else the coroutine
 
         def attach() -> None:  # on a pool thread: the blocking socket may be busy with another caller's write
+            if not claimed.acquire(blocking=False):
+                return  # the coroutine gave up before this started, and closed it
             try:
                 child.call(_ATTACH, (), {}, fds=[theirs.fileno()])
             finally:
@@ -354,6 +385,8 @@ class EdgeHost:
             await loop.run_in_executor(None, attach)
         except BaseException:
             ours.close()  # the child, if it got the other end, sees it close and forgets it
+            if claimed.acquire(blocking=False):
+                theirs.close()  # the job never started, and now will not
             raise
         return _LoopChannel(child, loop, ours)
 
@@ -438,12 +471,19 @@ class _Peer:
         self.incoming = bytearray()
         self.outgoing = bytearray()
 
-    def requests(self) -> Iterator[tuple[int, str, tuple[Any, ...], dict[str, Any]]]:
+    def requests(self) -> Iterator[tuple[int, str, tuple[Any, ...], dict[str, Any]] | Exception]:
+        """Each complete request, in order; one that does not unpickle here (a class only the server has) as the
+        exception, which is answered in its place so that every later answer stays in step."""
         while len(self.incoming) >= _HEADER.size:
             (size,) = _HEADER.unpack_from(self.incoming)
             if len(self.incoming) < _HEADER.size + size:
                 return
-            request = pickle.loads(self.incoming[_HEADER.size : _HEADER.size + size])
+            try:
+                request: tuple[int, str, tuple[Any, ...], dict[str, Any]] | Exception = pickle.loads(
+                    self.incoming[_HEADER.size : _HEADER.size + size]
+                )
+            except Exception as exc:
+                request = exc
             del self.incoming[: _HEADER.size + size]
             yield request
 
@@ -507,7 +547,11 @@ def _serve(sock: socket.socket, path: Path) -> None:
                     peer.incoming += data
                     try:
                         for request in peer.requests():
-                            peer.send(_reply(index, *request))
+                            if isinstance(request, Exception):  # answered as "the next answer, failed"
+                                unread = Unavailable(f"the vector index could not read a request: {request!r}")
+                                peer.send(_frame((None, False, unread)))
+                            else:
+                                peer.send(_reply(index, *request))
                     except OSError:  # its other end is gone (a loop that ended)
                         if peer is main:
                             return

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -386,59 +386,103 @@ def _requests(peer: socket.socket, count: int) -> list[tuple[Any, ...]]:
     return requests
 
 
-def test_answers_that_arrive_together_reach_their_callers_in_order_past_a_cancelled_one() -> None:
-    """The framing alone, on a socket pair whose other end plays the child: three answers in one read, the middle
-    caller cancelled. Its answer is dropped, and the third still reaches the third caller."""
+def _searches_against_a_played_child(
+    count: int, play: Callable[[socket.socket, list[tuple[Any, ...]], list[asyncio.Future[Any]]], None]
+) -> list[Any]:
+    """`count` searches on a loop's channel whose other end is a socket `play` answers as the child would, given
+    the requests as read and the callers' futures; each caller's outcome (an answer or an exception)."""
 
-    async def three_answers_at_once() -> list[Any]:
+    async def searches() -> list[Any]:
         ours, theirs = socket.socketpair()
         with theirs:
             channel = _LoopChannel(_AnsweringPeer(), asyncio.get_running_loop(), ours)  # type: ignore[arg-type]
-            calls = [asyncio.ensure_future(channel.call("search", (i,), {})) for i in range(3)]
+            calls = [asyncio.ensure_future(channel.call("search", (i,), {})) for i in range(count)]
             await asyncio.sleep(0.05)
-            asked = _requests(theirs, 3)
-            assert [request[1:3] for request in asked] == [("search", (i,)) for i in range(3)]
-            calls[1].cancel()
-            theirs.sendall(b"".join(_frame((request[0], True, f"answer {i}")) for i, request in enumerate(asked)))
-            answers = await asyncio.wait_for(asyncio.gather(calls[0], calls[2]), timeout=10)
+            play(theirs, _requests(theirs, count), calls)
+            outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10)
             channel.close()
-            return list(answers)
+            return list(outcomes)
 
-    assert asyncio.run(three_answers_at_once()) == ["answer 0", "answer 2"]
+    return asyncio.run(searches())
+
+
+def test_answers_that_arrive_together_reach_their_callers_in_order_past_a_cancelled_one() -> None:
+    """The framing alone, the child played here: three answers in one read, the middle caller cancelled. Its
+    answer is dropped, and the third still reaches the third caller."""
+
+    def cancel_the_second_then_answer_all(
+        child: socket.socket, asked: list[tuple[Any, ...]], calls: list[asyncio.Future[Any]]
+    ) -> None:
+        assert [request[1:3] for request in asked] == [("search", (i,)) for i in range(3)]
+        calls[1].cancel()
+        child.sendall(b"".join(_frame((request[0], True, f"answer {i}")) for i, request in enumerate(asked)))
+
+    first, second, third = _searches_against_a_played_child(3, cancel_the_second_then_answer_all)
+    assert (first, third) == ("answer 0", "answer 2")
+    assert isinstance(second, asyncio.CancelledError)
 
 
 def test_an_answer_naming_another_request_is_never_handed_to_a_caller() -> None:
     """Should answers ever fall out of step (a request the child skipped), every waiting caller gets Unavailable,
     never the answer to someone else's search."""
 
-    async def answered_out_of_step() -> list[Any]:
-        ours, theirs = socket.socketpair()
-        with theirs:
-            channel = _LoopChannel(_AnsweringPeer(), asyncio.get_running_loop(), ours)  # type: ignore[arg-type]
-            calls = [asyncio.ensure_future(channel.call("search", (i,), {})) for i in range(2)]
-            await asyncio.sleep(0.05)
-            _skipped, second = _requests(theirs, 2)
-            theirs.sendall(_frame((second[0], True, "the second caller's hits")))  # the first request skipped
-            return list(await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10))
+    def skip_the_first(child: socket.socket, asked: list[tuple[Any, ...]], _: list[asyncio.Future[Any]]) -> None:
+        child.sendall(_frame((asked[1][0], True, "the second caller's hits")))
 
-    outcomes = asyncio.run(answered_out_of_step())
+    outcomes = _searches_against_a_played_child(2, skip_the_first)
     assert all(isinstance(outcome, Unavailable) for outcome in outcomes), outcomes
 
 
 def test_an_answer_that_cannot_be_read_fails_its_own_caller_only() -> None:
-    async def one_unreadable_answer() -> list[Any]:
-        ours, theirs = socket.socketpair()
-        with theirs:
-            channel = _LoopChannel(_AnsweringPeer(), asyncio.get_running_loop(), ours)  # type: ignore[arg-type]
-            calls = [asyncio.ensure_future(channel.call("search", (i,), {})) for i in range(2)]
-            await asyncio.sleep(0.05)
-            _first, second = _requests(theirs, 2)
-            unreadable = b"not a pickle"
-            theirs.sendall(len(unreadable).to_bytes(8, "big") + unreadable + _frame((second[0], True, "second")))
-            outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10)
-            channel.close()
-            return list(outcomes)
+    def garble_the_first(child: socket.socket, asked: list[tuple[Any, ...]], _: list[asyncio.Future[Any]]) -> None:
+        unreadable = b"not a pickle"
+        child.sendall(len(unreadable).to_bytes(8, "big") + unreadable + _frame((asked[1][0], True, "second")))
 
-    first, second = asyncio.run(one_unreadable_answer())
+    first, second = _searches_against_a_played_child(2, garble_the_first)
     assert isinstance(first, Unavailable) and "cannot be read" in str(first)
     assert second == "second"
+
+
+def _refuse_to_unpickle() -> None:
+    raise ValueError("this object does not unpickle in the child")
+
+
+class _ReadableHereOnly(float):
+    """Pickles in the server; unpickling it (in the child) raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_to_unpickle, ())
+
+
+def test_a_request_the_child_cannot_read_fails_its_own_caller_and_the_child_serves_on(host: EdgeHost) -> None:
+    reader, vector = PRINCIPALS[2], POINTS[8].vector
+    pid = _child_pid(host)
+    unreadable = [_ReadableHereOnly(x) for x in vector]
+    with pytest.raises(Unavailable, match="could not read a request"):
+        host.search(reader, unreadable, 5)
+
+    async def unreadable_among_others() -> list[Any]:
+        calls = [host.search_async(reader, vector, 5), host.search_async(reader, unreadable, 5)]
+        calls.append(host.search_async(reader, vector, 5))
+        return list(await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=60))
+
+    before, failed, after = asyncio.run(unreadable_among_others())
+    assert isinstance(failed, Unavailable) and "could not read a request" in str(failed)
+    _check(reader, vector, before)
+    _check(reader, vector, after)
+    assert _child_pid(host) == pid
+
+
+def test_a_child_that_died_while_idle_is_replaced_before_the_next_call_fails(host: EdgeHost) -> None:
+    reader, vector = PRINCIPALS[1], POINTS[9].vector
+    child = host._child
+    assert child is not None
+    child.process.kill()
+    child.process.wait()
+    _check(reader, vector, host.search(reader, vector, 5))  # no caller pays for noticing
+    assert _child_pid(host) != child.process.pid
+    replaced = host._child
+    assert replaced is not None
+    replaced.process.kill()
+    replaced.process.wait()
+    _check(reader, vector, asyncio.run(asyncio.wait_for(host.search_async(reader, vector, 5), timeout=60)))
