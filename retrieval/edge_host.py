@@ -80,6 +80,18 @@ def _frame(payload: Any) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+def _complete_frames(buffer: bytearray) -> Iterator[bytes]:
+    """Each complete frame's pickle in `buffer`, in order, removed from it as it is taken; a partial one stays."""
+    while len(buffer) >= _HEADER.size:
+        (size,) = _HEADER.unpack_from(buffer)
+        end = _HEADER.size + size
+        if len(buffer) < end:
+            return
+        data = bytes(buffer[_HEADER.size : end])
+        del buffer[:end]
+        yield data
+
+
 _ids = itertools.count(1)  # request ids, unique in this process: an answer must name the request it answers
 
 
@@ -209,13 +221,8 @@ class _LoopChannel:
             self._end(Unavailable(f"the vector index process ended ({self.child.describe_exit()})"))
             return
         self.incoming += data
-        while len(self.incoming) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self.incoming)
-            end = _HEADER.size + size
-            if len(self.incoming) < end:
-                return
-            answered_id, succeeded, value = _unpickled(self.incoming[_HEADER.size : end])
-            del self.incoming[:end]
+        for answer in _complete_frames(self.incoming):
+            answered_id, succeeded, value = _unpickled(answer)
             request_id, future = self.waiting.popleft()
             if answered_id not in (request_id, None):  # never hand a caller another request's answer
                 self.waiting.appendleft((request_id, future))
@@ -260,7 +267,8 @@ class _LoopChannel:
         """On the loop: stop reading and writing, close the socket, fail every caller still waiting."""
         if self.lost is None:
             self.lost = error
-            self.child.alive = self.child.alive and not child_ended
+            if child_ended:
+                self.child.alive = False
             if not self.loop.is_closed():
                 self.loop.remove_reader(self.sock.fileno())
                 self.loop.remove_writer(self.sock.fileno())
@@ -474,17 +482,11 @@ class _Peer:
     def requests(self) -> Iterator[tuple[int, str, tuple[Any, ...], dict[str, Any]] | Exception]:
         """Each complete request, in order; one that does not unpickle here (a class only the server has) as the
         exception, which is answered in its place so that every later answer stays in step."""
-        while len(self.incoming) >= _HEADER.size:
-            (size,) = _HEADER.unpack_from(self.incoming)
-            if len(self.incoming) < _HEADER.size + size:
-                return
+        for data in _complete_frames(self.incoming):
             try:
-                request: tuple[int, str, tuple[Any, ...], dict[str, Any]] | Exception = pickle.loads(
-                    self.incoming[_HEADER.size : _HEADER.size + size]
-                )
+                request: tuple[int, str, tuple[Any, ...], dict[str, Any]] | Exception = pickle.loads(data)
             except Exception as exc:
                 request = exc
-            del self.incoming[: _HEADER.size + size]
             yield request
 
     def send(self, frame: bytes) -> None:
